@@ -1,0 +1,29 @@
+# fmprune: feature-map pruning, from extraction to tables. Thin on purpose: the config is
+# validated against workflow/schemas/config.schema.yaml, and each stage lives in workflow/rules/.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+from fmprune.config import ConfigError, validate
+
+if not config:
+    configfile: "config.yaml"
+
+try:
+    config = validate(config)
+except ConfigError as exc:
+    sys.exit(f"fmprune: {exc}")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/baseline.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        "results/tables/summary.md",
+        default_targets(),

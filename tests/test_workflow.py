@@ -1,0 +1,37 @@
+"""The whole chain through Snakemake on a tiny version of the embedded default."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_snakemake_runs_the_chain_end_to_end(tmp_path):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["features"]["samples"] = 32
+    cfg["recipes"]["digits-baseline"].update(epochs=1, train_subset=256)
+    cfg["recipes"]["digits-finetune"].update(epochs=1, train_subset=128)
+    cfg["seeds"] = [0, 1]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
+           "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    acc = json.loads((tmp_path / "results/resnet20/hrank/acc.json").read_text())
+    for key in ("top1", "top1_best", "best_epoch", "params", "macs", "macs_thop", "flops", "baseline",
+                "params_reduction_pct", "macs_reduction_pct", "method", "plan", "seed", "epochs", "provenance",
+                "top1_before_finetune"):
+        assert key in acc, key
+    assert acc["flops"] == 2 * acc["macs"] and acc["plan"] == "rates30" and acc["seed"] == 0
+    assert {"git_commit", "torch", "checkpoint_sha256", "sample_sha256", "config_sha256"} <= set(acc["provenance"])
+    assert (tmp_path / "results/resnet20/random/uniform50/seed1/log.csv").is_file()
+    table = (tmp_path / "results/tables/summary.csv").read_text()
+    assert "uniform50" in table and "baseline" in table
+    # Nothing left to do: a second run is a no-op.
+    again = subprocess.run(cmd + ["-n"], capture_output=True, text=True)
+    assert "Nothing to be done" in again.stdout + again.stderr

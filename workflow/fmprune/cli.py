@@ -1,0 +1,118 @@
+"""``fmprune``: every pipeline step as a command, so each can run without Snakemake.
+
+Bad input ends with one line, ``fmprune: error: …``, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import FmpruneError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fmprune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def step(name: str, help: str, *args: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--config", nargs="+", required=True, type=Path, help="config file(s), merged in order")
+        s.add_argument("--model", required=True, help="a model name under models:")
+        for a in args:
+            s.add_argument(f"--{a}", required=a not in ("features",), type=Path if a not in ("method", "plan", "seed") else str)
+        return s
+
+    c = sub.add_parser("count", help="params and MACs (both conventions) of an architecture, as JSON")
+    c.add_argument("arch")
+    c.add_argument("--rates", help="prune first by this rate list (the seeds' syntax), keeping the first channels")
+    c.add_argument("--model-file", type=Path, help="count a saved model instead")
+
+    step("baseline", "import or train the baseline model", "out", "workdir")
+    step("evaluate", "accuracy and cost of a saved model", "model-file", "out")
+    step("extract", "feature maps of the fixed sample to HDF5", "model-file", "out")
+    step("score", "channel scores of one method", "method", "model-file", "features", "out")
+    step("plan", "kept channel indices of one operating point", "plan", "scores", "out")
+    step("prune", "physical pruning + evaluation before fine-tuning", "model-file", "plan-file", "out", "report")
+    step("finetune", "resumable fine-tuning, writes acc.json", "method", "plan", "seed", "pruned", "pruned-report",
+         "baseline-report", "features", "out-dir")
+    v = sub.add_parser("validate", help="check a config and print it with defaults filled in")
+    v.add_argument("--config", nargs="+", required=True, type=Path)
+    t = sub.add_parser("table", help="summary table of finished runs")
+    t.add_argument("--acc", nargs="*", type=Path, default=[])
+    t.add_argument("--baselines", nargs="*", type=Path, default=[])
+    t.add_argument("--csv", required=True, type=Path)
+    t.add_argument("--md", required=True, type=Path)
+    return p
+
+
+def _count(args) -> dict:
+    import torch
+
+    from .counting import count
+    from .models import build
+    from .plan import group_rates, keep_count
+    from .surgery import load_pruned, prune_
+
+    if args.model_file:
+        net = load_pruned(args.model_file)
+        return count(net, net.meta["arch"])
+    net = build(args.arch)
+    if args.rates:
+        spec = net.channel_spec()
+        rates = group_rates(spec, args.rates)
+        prune_(net, {g: torch.arange(keep_count(spec.groups[g].channels, r)) for g, r in rates.items()})
+    return {"arch": args.arch, **count(net, args.arch)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="fmprune: %(levelname)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FmpruneError as exc:
+        print(f"fmprune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from . import config as cfglib
+    from . import pipeline
+
+    if args.command == "count":
+        print(json.dumps(_count(args), indent=2))
+        return 0
+    if args.command == "table":
+        from . import tables
+
+        tables.write(tables.summary(args.acc, args.baselines), args.csv, args.md)
+        return 0
+    cfg = cfglib.load(args.config)
+    if args.command == "validate":
+        print(json.dumps(cfg, indent=2))
+        return 0
+    if args.model not in cfg["models"]:
+        raise FmpruneError(f"no model named {args.model!r} under models: in {', '.join(map(str, args.config))}")
+    m = args.model
+    if args.command == "baseline":
+        pipeline.baseline(cfg, m, args.out, args.workdir)
+    elif args.command == "evaluate":
+        pipeline.evaluate_model(cfg, m, args.model_file, args.out)
+    elif args.command == "extract":
+        pipeline.extract_features(cfg, m, args.model_file, args.out)
+    elif args.command == "score":
+        pipeline.score(cfg, m, args.method, args.model_file, args.features, args.out)
+    elif args.command == "plan":
+        pipeline.make_plan(cfg, m, args.plan, args.scores, args.out)
+    elif args.command == "prune":
+        pipeline.prune(cfg, m, args.model_file, args.plan_file, args.out, args.report)
+    elif args.command == "finetune":
+        pipeline.finetune(cfg, m, args.method, args.plan, int(args.seed), args.pruned, args.pruned_report,
+                          args.baseline_report, args.features, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

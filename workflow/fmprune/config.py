@@ -1,0 +1,130 @@
+"""Loading and validating an experiment config: schema first, then cross-references.
+
+Every problem becomes one line naming the config key, e.g.
+``config error at models.resnet56.checkpoint.path: checkpoint file … does not exist``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from . import FmpruneError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(FmpruneError):
+    pass
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills in ``default`` values (jsonschema's documented recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _where(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate(cfg: dict) -> dict:
+    """Return a validated copy of ``cfg`` with defaults filled in; raise ConfigError otherwise."""
+    cfg = copy.deepcopy(cfg)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    if error is not None:
+        raise ConfigError(f"config error at {_where(error.absolute_path)}: {error.message}")
+    # Defaults of nested objects that were created by a default themselves.
+    validator.validate(cfg)
+    _check_references(cfg)
+    return cfg
+
+
+def _check_references(cfg: dict) -> None:
+    from .methods import METHODS
+    from .models import ARCHS
+
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] in ("cifar10", "imagefolder") and "root" not in ds:
+            raise ConfigError(f"config error at datasets.{name}: kind {ds['kind']} needs a root folder")
+    for method in cfg["methods"]:
+        if method not in METHODS:
+            raise ConfigError(f"config error at methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+    for name, model in cfg["models"].items():
+        where = f"models.{name}"
+        if model["arch"] not in ARCHS:
+            raise ConfigError(f"config error at {where}.arch: unknown architecture {model['arch']!r}; known: {', '.join(ARCHS)}")
+        if model["dataset"] not in cfg["datasets"]:
+            raise ConfigError(f"config error at {where}.dataset: no dataset named {model['dataset']!r} under datasets")
+        if model["default_plan"] not in model["plans"]:
+            raise ConfigError(f"config error at {where}.default_plan: {model['default_plan']!r} is not one of its plans")
+        for method in model.get("methods", []):
+            if method not in METHODS:
+                raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+        recipes = ["finetune_recipe"] + ([] if "checkpoint" in model else ["baseline_recipe"])
+        for key in recipes:
+            if model[key] not in cfg["recipes"]:
+                raise ConfigError(f"config error at {where}.{key}: no recipe named {model[key]!r} under recipes")
+        ckpt = model.get("checkpoint")
+        if ckpt and not Path(ckpt["path"]).expanduser().is_file() and not (ckpt["download"] and "url" in ckpt):
+            raise ConfigError(f"config error at {where}.checkpoint.path: checkpoint file {ckpt['path']} does not exist")
+        if ckpt and ckpt["download"] and "sha256" not in ckpt:
+            raise ConfigError(f"config error at {where}.checkpoint.sha256: a download needs the file's SHA-256")
+        _check_plans(where, model)
+        ds = cfg["datasets"][model["dataset"]]
+        if ds["kind"] != "digits" and "root" in ds:
+            root = Path(ds["root"]).expanduser()
+            if not root.exists() and not ds.get("archive") and not ds.get("download"):
+                raise ConfigError(f"config error at datasets.{model['dataset']}.root: {root} does not exist")
+
+
+def _check_plans(where: str, model: dict) -> None:
+    from .models import build
+    from .plan import group_rates
+
+    spec = build(model["arch"]).channel_spec()
+    for plan_name, plan in model["plans"].items():
+        if "rates" in plan:
+            try:
+                group_rates(spec, plan["rates"])
+            except FmpruneError as exc:
+                raise ConfigError(f"config error at {where}.plans.{plan_name}.rates: {exc}") from None
+
+
+def load(paths: list[str | Path]) -> dict:
+    """Merge YAML files (later ones override top-level keys) and validate."""
+    merged: dict = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        merged.update(data)
+    return validate(merged)
+
+
+def model_methods(cfg: dict, model: str) -> list[str]:
+    return cfg["models"][model].get("methods", cfg["methods"])
+
+
+def normalization(cfg: dict, model: str) -> dict:
+    m = cfg["models"][model]
+    return m.get("normalize") or cfg["datasets"][m["dataset"]]["normalize"]

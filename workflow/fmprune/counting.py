@@ -1,0 +1,74 @@
+"""Cost of a model on one input, in the conventions the papers mix.
+
+``macs``      multiply-accumulates of every Conv2d and Linear (the papers' baseline "FLOPs").
+``macs_thop`` thop's count, which also charges BatchNorm (2 per output element) and a few
+              other layers (what the seeds' pruned rows printed).
+``flops``     true floating-point operations, 2 × macs.
+``params``    every parameter, BatchNorm's gamma and beta included (buffers excluded).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import torch
+from torch import nn
+
+from .models import input_size
+
+
+def conv_linear_macs(model: nn.Module, size: int) -> int:
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += out.numel() // out.shape[0] * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        _forward_one(model, size)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def thop_macs(model: nn.Module, size: int) -> int:
+    from thop import profile
+
+    clone = copy.deepcopy(model).cpu()
+    with contextlib.redirect_stdout(io.StringIO()):  # thop prints a line per unknown module
+        macs, _ = profile(clone, inputs=(torch.zeros(1, 3, size, size),), verbose=False)
+    return int(macs)
+
+
+def _forward_one(model: nn.Module, size: int) -> None:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size, device=device))
+    model.train(was_training)
+
+
+def count(model: nn.Module, arch: str) -> dict[str, int]:
+    size = input_size(arch)
+    macs = conv_linear_macs(model, size)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": macs,
+        "macs_thop": thop_macs(model, size),
+        "flops": 2 * macs,
+        "input_size": size,
+    }

@@ -1,0 +1,236 @@
+"""Datasets: the embedded default (scikit-learn's digits), CIFAR-10 and ImageFolder trees.
+
+Small-image datasets (the digits, CIFAR-10, a CIFAR-sized ImageFolder) live in memory as
+uint8 tensors; normalisation and the standard crop+flip augmentation run on whole batches.
+Large-image ImageFolder trees (ImageNet) stream through torchvision's transforms. Both give
+``Split.batches(...)``, so training, evaluation and extraction do not care which is which.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import FmpruneError
+from .io import atomic_path, check_sha256
+
+@dataclass
+class Normalization:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+class TensorSplit:
+    """Images held in memory as uint8 [N, 3, H, W] with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, flags: np.ndarray | None = None):
+        self.images, self.labels = images, labels
+        self.flags = flags  # optional per-image boolean (e.g. "exact pixels"), from a manifest
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, indices, batch_size: int, norm: Normalization, augment: bool = False,
+                generator: torch.Generator | None = None, device="cpu"):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            x = self.images[idx].to(device, non_blocking=True).float().div_(255)
+            if augment:
+                x = _crop_flip(x, generator)
+            yield norm.apply(x), self.labels[idx].to(device, non_blocking=True)
+
+
+def _crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, and a random horizontal flip, per image."""
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    out = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+    out[flips] = out[flips].flip(3)
+    return out
+
+
+class FolderSplit:
+    """A large-image ImageFolder split, decoded and transformed on the fly."""
+
+    def __init__(self, root: Path, resolution: int, workers: int):
+        from torchvision import datasets
+
+        self.dataset = datasets.ImageFolder(str(root))
+        self.labels = torch.tensor(self.dataset.targets)
+        self.flags = None
+        self.resolution, self.workers = resolution, workers
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, indices, batch_size: int, norm: Normalization, augment: bool = False,
+                generator: torch.Generator | None = None, device="cpu"):
+        from torchvision import transforms as T
+
+        size = self.resolution
+        tf = (
+            [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+            if augment
+            else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
+        )
+        self.dataset.transform = T.Compose(tf + [T.ToTensor(), T.Normalize(norm.mean, norm.std)])
+        subset = torch.utils.data.Subset(self.dataset, list(map(int, indices)))
+        loader = torch.utils.data.DataLoader(
+            subset, batch_size=batch_size, num_workers=self.workers, pin_memory=str(device) != "cpu",
+            generator=generator,
+        )
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+@dataclass
+class Data:
+    name: str
+    train: TensorSplit | FolderSplit
+    test: TensorSplit | FolderSplit
+    num_classes: int
+    norm: Normalization
+
+
+def load(name: str, cfg: dict) -> Data:
+    """Load dataset ``name`` as the config describes it (see the schema's ``datasets``)."""
+    kind = cfg["kind"]
+    if kind == "digits":
+        train, test, classes = _digits(cfg)
+    elif kind == "cifar10":
+        train, test, classes = _cifar10(cfg)
+    elif kind == "imagefolder":
+        train, test, classes = _imagefolder(cfg)
+    else:  # the schema's enum makes this unreachable from a validated config
+        raise FmpruneError(f"datasets.{name}.kind: unknown kind {kind!r}")
+    norm = Normalization(tuple(cfg["normalize"]["mean"]), tuple(cfg["normalize"]["std"]))
+    return Data(name, train, test, classes, norm)
+
+
+def _digits(cfg: dict):
+    """scikit-learn's 1,797 handwritten digits, upsampled from 8×8 to 32×32 RGB."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=cfg["resolution"], mode="bilinear", align_corners=False)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    order = np.random.default_rng(cfg["split_seed"]).permutation(len(labels))
+    n_test = int(round(len(labels) * cfg["test_fraction"]))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return TensorSplit(images[train_idx], labels[train_idx]), TensorSplit(images[test_idx], labels[test_idx]), 10
+
+
+def _cifar10(cfg: dict):
+    """torchvision's CIFAR-10; fetched only when the config says ``download: true``.
+
+    torchvision checks the archive's MD5 (the hash the dataset's authors publish) before use.
+    """
+    from torchvision.datasets import CIFAR10
+
+    root = Path(cfg["root"]).expanduser()
+    if not (root / "cifar-10-batches-py").is_dir() and not cfg["download"]:
+        raise FmpruneError(f"CIFAR-10 not found under {root} (set download: true in its dataset config to fetch it)")
+    splits = []
+    for train in (True, False):
+        ds = CIFAR10(str(root), train=train, download=cfg["download"])
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(TensorSplit(images, torch.tensor(ds.targets)))
+    return splits[0], splits[1], 10
+
+
+def _imagefolder(cfg: dict):
+    root = Path(cfg["root"]).expanduser()
+    if not root.is_dir() and cfg.get("archive"):
+        unpack(cfg["archive"], root, cfg.get("archive_sha256"))
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise FmpruneError(f"dataset folder {root / split} does not exist")
+    if not cfg["in_memory"]:
+        workers = cfg["workers"]
+        train, test = FolderSplit(root / "train", cfg["resolution"], workers), FolderSplit(root / "test", cfg["resolution"], workers)
+        return train, test, len(train.dataset.classes)
+    flags = _manifest_flags(root, cfg.get("flag_column"))
+    splits = []
+    for split in ("train", "test"):
+        images, labels, files, classes = _cached_folder(root / split, cfg["resolution"])
+        split_flags = None if flags is None else np.array([flags.get(f"{split}/{f}", False) for f in files])
+        splits.append(TensorSplit(images, labels, split_flags))
+    return splits[0], splits[1], len(classes)
+
+
+def unpack(archive: str | Path, root: Path, sha256: str | None = None) -> None:
+    """Unpack a dataset archive whose top folder is ``root.name`` next to ``root``, atomically."""
+    archive = Path(archive).expanduser()
+    if not archive.is_file():
+        raise FmpruneError(f"dataset archive {archive} does not exist")
+    if sha256:
+        check_sha256(archive, sha256)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.unpacking-{os.getpid()}"
+    with tarfile.open(archive) as tar:
+        tar.extractall(staging, filter="data")
+    if not (staging / root.name).is_dir():
+        shutil.rmtree(staging)
+        raise FmpruneError(f"{archive} does not contain a top folder named {root.name}")
+    if root.is_dir():  # another process unpacked it meanwhile
+        shutil.rmtree(staging)
+        return
+    os.replace(staging / root.name, root)
+    staging.rmdir()
+
+
+def _manifest_flags(root: Path, column: str | None) -> dict[str, bool] | None:
+    if not column:
+        return None
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FmpruneError(f"flag_column {column!r} needs {manifest}, which does not exist")
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and column not in rows[0]:
+        raise FmpruneError(f"{manifest} has no column {column!r}")
+    return {r["file"]: r[column].strip() == "1" for r in rows}
+
+
+def _cached_folder(folder: Path, resolution: int):
+    """Decode an ImageFolder split once into a uint8 array cached beside nothing in the repo."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from tqdm import tqdm
+
+    ds = ImageFolder(str(folder))
+    files = [os.path.relpath(p, folder) for p, _ in ds.samples]
+    key = hashlib.sha256(f"{folder.resolve()}|{resolution}|{len(files)}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("FMPRUNE_CACHE", "~/.cache/fmprune")).expanduser() / f"folder-{key}.npz"
+    if cache.is_file():
+        stored = np.load(cache)
+        return torch.from_numpy(stored["images"]), torch.from_numpy(stored["labels"]), files, ds.classes
+    images = np.empty((len(files), 3, resolution, resolution), dtype=np.uint8)
+    for i, (path, _) in enumerate(tqdm(ds.samples, desc=f"decoding {folder.name}", mininterval=5)):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.BILINEAR)
+            images[i] = np.asarray(im).transpose(2, 0, 1)
+    labels = np.asarray(ds.targets, dtype=np.int64)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+    return torch.from_numpy(images), torch.from_numpy(labels), files, ds.classes

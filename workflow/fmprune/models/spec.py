@@ -1,0 +1,73 @@
+"""How an architecture declares what can be pruned.
+
+Every architecture describes its channels once, as *channel groups*: a set of channels that
+must keep one index set (a plain conv's output, a residual stream written by several convs, a
+concatenation slice). Each module that owns channel-indexed tensors declares which groups its
+output and input axes are made of, in concatenation order. Surgery, masking, L1 scores and
+feature taps are all derived from these declarations, so an architecture is one model file
+plus one ``channel_spec``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    name: str
+    channels: int
+    prunable: bool = True
+    # Tap kind ("act" or "conv") -> module names whose forward outputs carry this group's
+    # channels; ``tap_slices`` gives, per module, the channel slice (start, stop) when the
+    # module's output holds more than this group (DenseNet's shared BN-ReLU).
+    taps: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tap_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModuleIO:
+    """The groups that make up a module's output and input channel axes (concat order)."""
+
+    out: tuple[str, ...] = ()
+    inp: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RateEntry:
+    """One entry of the seeds' ``compress_rate`` list.
+
+    ``group`` is None for entries the layout reserves but never uses. ``secondary`` marks an
+    entry that names a group another entry sets (ResNet's stem vs. its stage-1 stream): it must
+    be 0 or equal to that entry, otherwise a warning says which value was used.
+    """
+
+    label: str
+    group: str | None
+    secondary: bool = False
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    arch: str
+    groups: dict[str, ChannelGroup]
+    modules: dict[str, ModuleIO]
+    rate_layout: tuple[RateEntry, ...]
+
+    def offsets(self, names: tuple[str, ...]) -> list[int]:
+        """Start offset of each named group inside their concatenation."""
+        starts, pos = [], 0
+        for name in names:
+            starts.append(pos)
+            pos += self.groups[name].channels
+        return starts
+
+    def producers(self, group: str) -> list[str]:
+        """Modules whose output axis contains ``group``."""
+        return [m for m, io in self.modules.items() if group in io.out]
+
+    def prunable_groups(self) -> list[str]:
+        return [g for g, spec in self.groups.items() if spec.prunable]
+
+    def taps(self, kind: str) -> dict[str, tuple[str, ...]]:
+        """Prunable group -> its tap modules of ``kind``."""
+        return {g: s.taps[kind] for g, s in self.groups.items() if s.prunable and kind in s.taps}

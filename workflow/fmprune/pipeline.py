@@ -1,0 +1,214 @@
+"""The pipeline's steps, one function per Snakemake rule (the CLI calls these)."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import FmpruneError, __version__
+from . import config as cfglib
+from . import data as datalib
+from .counting import count
+from .features import FeatureFile, extract, indices_sha256, sample_indices, taps_for
+from .io import atomic_write_json, check_sha256, download, sha256_file, sha256_json
+from .methods import score_groups, tap_kind
+from .models import build
+from .plan import group_rates, kept_from_scores, uniform_rates
+from .surgery import load_pruned, prune_, save_pruned
+from .train import evaluate, fit, resolve_device
+
+log = logging.getLogger("fmprune")
+
+
+def _dataset(cfg: dict, model: str) -> datalib.Data:
+    m = cfg["models"][model]
+    ds_cfg = dict(cfg["datasets"][m["dataset"]])
+    ds_cfg["normalize"] = cfglib.normalization(cfg, model)
+    return datalib.load(m["dataset"], ds_cfg)
+
+
+def _read_checkpoint(path: Path, arch: str, num_classes: int) -> torch.nn.Module:
+    """A given checkpoint: an fmprune model file, a dict with ``state_dict``, or a bare state_dict.
+
+    DataParallel's ``module.`` prefixes are stripped; the load is strict.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and "kept" in payload:
+        return load_pruned(path)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise FmpruneError(f"{path}: no state_dict found in the checkpoint")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = build(arch, num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise FmpruneError(f"{path} does not fit {arch}: {first}") from None
+    return model
+
+
+def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
+    """Import the given checkpoint (hash-checked) or train the baseline by its recipe."""
+    m = cfg["models"][model]
+    data = _dataset(cfg, model)
+    ckpt = m.get("checkpoint")
+    extra = {"normalize": cfglib.normalization(cfg, model), "model_name": model}
+    if ckpt:
+        path = Path(ckpt["path"]).expanduser()
+        if not path.is_file():
+            if not (ckpt["download"] and "url" in ckpt):
+                raise FmpruneError(f"checkpoint file {path} does not exist")
+            download(ckpt["url"], path, ckpt["sha256"])
+        digest = check_sha256(path, ckpt["sha256"]) if "sha256" in ckpt else sha256_file(path)
+        net = _read_checkpoint(path, m["arch"], data.num_classes)
+        extra["source"] = {"checkpoint": str(path), "sha256": digest}
+    else:
+        net = build(m["arch"], data.num_classes)
+        recipe = cfg["recipes"][m["baseline_recipe"]]
+        device = resolve_device(cfg["device"])
+        summary = fit(net, data, recipe, seed=0, workdir=workdir, device=device, log_csv=workdir / "log.csv")
+        extra["source"] = {"trained": m["baseline_recipe"], "recipe": recipe, **summary}
+    save_pruned(out, net.cpu(), m["arch"], data.num_classes, **extra)
+
+
+def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path) -> dict:
+    """Accuracy and cost of a saved model (baseline or pruned, before fine-tuning)."""
+    m = cfg["models"][model]
+    data = _dataset(cfg, model)
+    net = load_pruned(model_file)
+    result = {"model": model, "arch": m["arch"], **count(net, m["arch"])}
+    result.update(evaluate(net, data.test, data.norm, resolve_device(cfg["device"])))
+    result["model_sha256"] = sha256_file(model_file)
+    atomic_write_json(out, result)
+    return result
+
+
+def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None:
+    m = cfg["models"][model]
+    data = _dataset(cfg, model)
+    net = load_pruned(model_file)
+    kinds = {tap_kind(x) for x in cfglib.model_methods(cfg, model)} - {None}
+    taps = taps_for(net.channel_spec(), kinds)
+    f = cfg["features"]
+    ds_cfg = cfg["datasets"][m["dataset"]]
+    pool = None
+    if ds_cfg.get("sample_flagged_only"):
+        flags = getattr(data.train, "flags", None)
+        if flags is None:
+            raise FmpruneError(f"datasets.{m['dataset']}.sample_flagged_only needs a flag_column")
+        pool = np.flatnonzero(flags)
+    indices = sample_indices(len(data.train), f["samples"], f["seed"], pool)
+    device = resolve_device(cfg["device"])
+    net.to(device)
+    attrs = {"arch": m["arch"], "model": model, "model_sha256": sha256_file(model_file),
+             "dataset": m["dataset"], "seed": f["seed"]}
+    batches = data.train.batches(indices, f["batch_size"], data.norm, device=device)
+    extract(net, batches, indices, taps, out, attrs, dtype=f["dtype"])
+
+
+def score(cfg: dict, model: str, method: str, model_file: Path, features: Path | None, out: Path) -> None:
+    net = load_pruned(model_file)
+    spec = net.channel_spec()
+    params = cfg["method_params"].get(method, {})
+    if features is not None:
+        with FeatureFile(features) as ff:
+            scores = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
+            sample = ff.attrs["sample_sha256"]
+    else:
+        scores, sample = score_groups(method, spec, net, None, params), None
+    atomic_write_json(out, {"method": method, "model": model, "params": params, "sample_sha256": sample,
+                            "scores": {g: np.asarray(s).tolist() for g, s in scores.items()}})
+
+
+def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) -> None:
+    m = cfg["models"][model]
+    spec = build(m["arch"]).channel_spec()
+    plan_cfg = m["plans"][plan]
+    rates = group_rates(spec, plan_cfg["rates"]) if "rates" in plan_cfg else uniform_rates(spec, plan_cfg["uniform"])
+    scored = json.loads(Path(scores_file).read_text())
+    kept = kept_from_scores(spec, {g: np.asarray(s) for g, s in scored["scores"].items()}, rates)
+    atomic_write_json(out, {"model": model, "plan": plan, "method": scored["method"], "definition": plan_cfg,
+                            "rates": rates, "sample_sha256": scored["sample_sha256"],
+                            "widths": {g: len(k) for g, k in kept.items()}, "kept": kept})
+
+
+def prune(cfg: dict, model: str, model_file: Path, plan_file: Path, out: Path, report: Path) -> None:
+    net = load_pruned(model_file)
+    plan = json.loads(Path(plan_file).read_text())
+    prune_(net, {g: torch.tensor(k) for g, k in plan["kept"].items()})
+    meta = dict(net.meta)
+    meta.pop("kept", None)
+    save_pruned(out, net, meta.pop("arch"), meta.pop("num_classes"), **meta, plan=plan["plan"], method=plan["method"])
+    evaluate_model(cfg, model, out, report)
+
+
+def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_file: Path,
+             pruned_report: Path, baseline_report: Path, features: Path | None, out_dir: Path) -> None:
+    m = cfg["models"][model]
+    data = _dataset(cfg, model)
+    net = load_pruned(pruned_file)
+    recipe = cfg["recipes"][m["finetune_recipe"]]
+    device = resolve_device(cfg["device"])
+    summary = fit(net, data, recipe, seed, out_dir, device, out_dir / "log.csv")
+    if summary["epochs_run"] == 0:
+        before = json.loads(Path(pruned_report).read_text())
+        summary.update({"top1": before["top1"], "top5": before["top5"], "top1_best": before["top1"], "best_epoch": 0})
+    meta = dict(net.meta)
+    save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
+                **{k: v for k, v in meta.items() if k != "kept"})
+    pruned, base = json.loads(Path(pruned_report).read_text()), json.loads(Path(baseline_report).read_text())
+    sample = None
+    if features is not None:
+        with FeatureFile(features) as ff:
+            sample = ff.attrs["sample_sha256"]
+    acc = {
+        "model": model, "arch": m["arch"], "method": method, "plan": plan, "plan_definition": m["plans"][plan],
+        "seed": seed, "epochs": recipe["epochs"], "recipe": m["finetune_recipe"], **summary,
+        "top1_before_finetune": pruned["top1"],
+        "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
+        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", "top1", "top5") if k in base}
+        | ({"top1_flagged": base["top1_flagged"]} if "top1_flagged" in base else {}),
+        "params_reduction_pct": 100.0 * (1 - pruned["params"] / base["params"]),
+        "macs_reduction_pct": 100.0 * (1 - pruned["macs"] / base["macs"]),
+        "provenance": provenance(cfg, model, method, plan, sample),
+    }
+    atomic_write_json(out_dir / "acc.json", acc)
+
+
+def provenance(cfg: dict, model: str, method: str, plan: str, sample_sha256: str | None) -> dict:
+    import h5py
+    import sklearn
+    import snakemake
+    import torchvision
+
+    m = cfg["models"][model]
+    resolved = {"model": m, "dataset": cfg["datasets"][m["dataset"]], "features": cfg["features"],
+                "method_params": cfg["method_params"].get(method, {}), "plan": m["plans"][plan],
+                "recipe": cfg["recipes"][m["finetune_recipe"]]}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    ckpt = m.get("checkpoint")
+    return {
+        "fmprune": __version__, "git_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": np.__version__, "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
+        "snakemake": snakemake.__version__,
+        "checkpoint_sha256": sha256_file(Path(ckpt["path"]).expanduser()) if ckpt else None,
+        "sample_sha256": sample_sha256, "config_sha256": sha256_json(resolved),
+    }
+
+
+def publish_default(src: Path, dest: Path) -> None:
+    """``results/{model}/{method}/acc.json``: the default plan and seed, copied atomically."""
+    from .io import atomic_path
+
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)

@@ -1,0 +1,49 @@
+# Shared helpers: the resolved config every job reads, wildcard constraints, target lists.
+import json
+import re
+
+from fmprune.io import atomic_write_text, sha256_json
+from fmprune.methods import METHODS, tap_kind
+
+# Every job reads the validated config (defaults filled in) from one content-addressed file.
+CFG = f"results/.config/{sha256_json(config)[:16]}.json"
+if not Path(CFG).is_file():
+    atomic_write_text(CFG, json.dumps(config, indent=2))
+FMPRUNE = f"{sys.executable} -m fmprune.cli"
+
+wildcard_constraints:
+    model="|".join(map(re.escape, config["models"])),
+    method="|".join(METHODS),
+    plan="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+
+
+def model_cfg(w):
+    return config["models"][w.model]
+
+
+def fingerprint(*parts):
+    """Hash of the config slices a job depends on: it reruns when, and only when, they change."""
+    return sha256_json(parts)[:16]
+
+
+def needs_features(model, method):
+    return tap_kind(method) is not None
+
+
+def methods_of(model):
+    return config["models"][model].get("methods", config["methods"])
+
+
+def run_targets():
+    return [
+        f"results/{model}/{method}/{plan}/seed{seed}/acc.json"
+        for model, m in config["models"].items()
+        for method in methods_of(model)
+        for plan in m["plans"]
+        for seed in config["seeds"]
+    ]
+
+
+def default_targets():
+    return [f"results/{model}/{method}/acc.json" for model in config["models"] for method in methods_of(model)]

@@ -1,0 +1,45 @@
+# One pass over the fixed sample writes every tap the model's methods need; one scores file per method.
+
+
+rule extract:
+    input:
+        "results/{model}/baseline/model.pt",
+    output:
+        "results/{model}/features.h5",
+    log:
+        "results/{model}/features.log",
+    params:
+        fingerprint=lambda w: fingerprint(config["features"], sorted({tap_kind(m) or "" for m in methods_of(w.model)})),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "{FMPRUNE} extract --config {CFG} --model {wildcards.model} --model-file {input} --out {output} > {log} 2>&1"
+
+
+def score_inputs(w):
+    inputs = {"model": f"results/{w.model}/baseline/model.pt"}
+    if needs_features(w.model, w.method):
+        inputs["features"] = f"results/{w.model}/features.h5"
+    return inputs
+
+
+rule score:
+    input:
+        unpack(score_inputs),
+    output:
+        "results/{model}/scores/{method}.json",
+    log:
+        "results/{model}/scores/{method}.log",
+    params:
+        fingerprint=lambda w: fingerprint(config["method_params"].get(w.method, {})),
+        features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{FMPRUNE} score --config {CFG} --model {wildcards.model} --method {wildcards.method} "
+        "--model-file {input.model} {params.features} --out {output} > {log} 2>&1"
