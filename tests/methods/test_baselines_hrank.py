@@ -43,7 +43,7 @@ def test_random_scores_are_seeded_per_group():
 def test_l1_is_the_filter_weight_norm_and_groups_combine_normalised():
     model = build("resnet20")
     spec = model.channel_spec()
-    scores = score_groups("l1", spec, model)
+    scores = score_groups("l1", spec, model).scores
     w = model.layer1[0].conv1.weight.detach()
     np.testing.assert_allclose(scores["layer1.0.conv1"], w.abs().sum((1, 2, 3)).numpy(), rtol=1e-6)
     writers = [model.conv1] + [b.conv2 for b in model.layer1]

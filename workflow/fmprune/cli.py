@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", nargs="+", required=True, type=Path, help="config file(s), merged in order")
         s.add_argument("--model", required=True, help="a model name under models:")
         for a in args:
-            s.add_argument(f"--{a}", required=a not in ("features",), type=Path if a not in ("method", "plan", "seed") else str)
+            kind = {"method": str, "plan": str, "seed": int, "threads": int}.get(a, Path)
+            s.add_argument(f"--{a}", required=a not in ("features", "threads"), type=kind)
         return s
 
     c = sub.add_parser("count", help="params and MACs (both conventions) of an architecture, as JSON")
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     step("evaluate", "accuracy and cost of a saved model", "model-file", "out")
     step("extract", "feature maps of the fixed sample to HDF5", "model-file", "out")
     step("score", "channel scores of one method", "method", "model-file", "features", "out")
+    step("fpfmc-kselect", "FP-FMC step 0: embeddings and K per layer", "features", "out", "threads")
+    step("fpfmc-cluster", "FP-FMC step 1: cluster labels per image", "kselect", "out")
+    step("fpfmc-sort", "FP-FMC step 2: redundancy index -> scores", "labels", "out")
     step("plan", "kept channel indices of one operating point", "plan", "scores", "out")
     step("prune", "physical pruning + evaluation before fine-tuning", "model-file", "plan-file", "out", "report")
     step("finetune", "resumable fine-tuning, writes acc.json", "method", "plan", "seed", "pruned", "pruned-report",
@@ -104,12 +108,20 @@ def _run(args) -> int:
         pipeline.extract_features(cfg, m, args.model_file, args.out)
     elif args.command == "score":
         pipeline.score(cfg, m, args.method, args.model_file, args.features, args.out)
+    elif args.command == "fpfmc-kselect":
+        if args.features is None:
+            raise FmpruneError("fpfmc-kselect needs --features")
+        pipeline.fpfmc_kselect(cfg, m, args.features, args.out, args.threads or 1)
+    elif args.command == "fpfmc-cluster":
+        pipeline.fpfmc_cluster(cfg, args.kselect, args.out)
+    elif args.command == "fpfmc-sort":
+        pipeline.fpfmc_sort(cfg, m, args.labels, args.out)
     elif args.command == "plan":
         pipeline.make_plan(cfg, m, args.plan, args.scores, args.out)
     elif args.command == "prune":
         pipeline.prune(cfg, m, args.model_file, args.plan_file, args.out, args.report)
     elif args.command == "finetune":
-        pipeline.finetune(cfg, m, args.method, args.plan, int(args.seed), args.pruned, args.pruned_report,
+        pipeline.finetune(cfg, m, args.method, args.plan, args.seed, args.pruned, args.pruned_report,
                           args.baseline_report, args.features, args.out_dir)
     return 0
 

@@ -56,7 +56,7 @@ def validate(cfg: dict) -> dict:
 
 
 def _check_references(cfg: dict) -> None:
-    from .methods import METHODS
+    from .methods import METHODS, check_params
     from .models import ARCHS
 
     for name, ds in cfg["datasets"].items():
@@ -65,6 +65,11 @@ def _check_references(cfg: dict) -> None:
     for method in cfg["methods"]:
         if method not in METHODS:
             raise ConfigError(f"config error at methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+    for method, params in cfg["method_params"].items():
+        try:
+            check_params(method, params)
+        except FmpruneError as exc:
+            raise ConfigError(f"config error at method_params.{method}: {exc}") from None
     for name, model in cfg["models"].items():
         where = f"models.{name}"
         if model["arch"] not in ARCHS:
@@ -85,7 +90,7 @@ def _check_references(cfg: dict) -> None:
             raise ConfigError(f"config error at {where}.checkpoint.path: checkpoint file {ckpt['path']} does not exist")
         if ckpt and ckpt["download"] and "sha256" not in ckpt:
             raise ConfigError(f"config error at {where}.checkpoint.sha256: a download needs the file's SHA-256")
-        _check_plans(where, model)
+        _check_plans(where, model, cfg["methods"])
         ds = cfg["datasets"][model["dataset"]]
         if ds["kind"] != "digits" and "root" in ds:
             root = Path(ds["root"]).expanduser()
@@ -93,17 +98,23 @@ def _check_references(cfg: dict) -> None:
                 raise ConfigError(f"config error at datasets.{model['dataset']}.root: {root} does not exist")
 
 
-def _check_plans(where: str, model: dict) -> None:
+def _check_plans(where: str, model: dict, methods: list[str]) -> None:
     from .models import build
-    from .plan import group_rates
+    from .plan import group_rates, plan_applies
 
     spec = build(model["arch"]).channel_spec()
     for plan_name, plan in model["plans"].items():
-        if "rates" in plan:
-            try:
-                group_rates(spec, plan["rates"])
-            except FmpruneError as exc:
-                raise ConfigError(f"config error at {where}.plans.{plan_name}.rates: {exc}") from None
+        for key in ("rates", "shape"):
+            if key in plan:
+                try:
+                    group_rates(spec, plan[key])
+                except FmpruneError as exc:
+                    raise ConfigError(f"config error at {where}.plans.{plan_name}.{key}: {exc}") from None
+        for method in model.get("methods", methods):
+            if plan_name == model["default_plan"] and not plan_applies(method, plan):
+                raise ConfigError(f"config error at {where}.default_plan: plan {plan_name!r} does not apply to method {method}")
+        if "shape" in plan and not ({"target_macs", "target_reduction"} & set(plan)):
+            raise ConfigError(f"config error at {where}.plans.{plan_name}.shape: a shape needs target_macs or target_reduction")
 
 
 def load(paths: list[str | Path]) -> dict:

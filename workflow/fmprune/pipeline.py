@@ -15,10 +15,10 @@ from . import config as cfglib
 from . import data as datalib
 from .counting import count
 from .features import FeatureFile, extract, indices_sha256, sample_indices, taps_for
-from .io import atomic_write_json, check_sha256, download, sha256_file, sha256_json
-from .methods import score_groups, tap_kind
+from .io import atomic_path, atomic_write_json, check_sha256, download, sha256_file, sha256_json
+from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
 from .models import build
-from .plan import group_rates, kept_from_scores, uniform_rates
+from .plan import NATIVE_FORMS, group_rates, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
 from .surgery import load_pruned, prune_, save_pruned
 from .train import evaluate, fit, resolve_device
 
@@ -69,6 +69,7 @@ def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
         net = _read_checkpoint(path, m["arch"], data.num_classes)
         extra["source"] = {"checkpoint": str(path), "sha256": digest}
     else:
+        torch.manual_seed(0)  # the initialisation is part of the baseline's recipe
         net = build(m["arch"], data.num_classes)
         recipe = cfg["recipes"][m["baseline_recipe"]]
         device = resolve_device(cfg["device"])
@@ -112,29 +113,134 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
     extract(net, batches, indices, taps, out, attrs, dtype=f["dtype"])
 
 
+def save_scores(path: Path, scored: Scored, meta: dict) -> None:
+    """Scores file: ``scores/<group>`` arrays (+ a method's extra arrays) and JSON ``meta``."""
+    arrays = {f"scores/{g}": np.asarray(v) for g, v in scored.scores.items()}
+    for kind, per_group in scored.extra.items():
+        arrays.update({f"{kind}/{g}": np.asarray(v) for g, v in per_group.items()})
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_scores(path: Path) -> tuple[Scored, dict]:
+    if not Path(path).is_file():
+        raise FmpruneError(f"scores file {path} does not exist")
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        scored = Scored({}, {})
+        for key in z.files:
+            if key == "meta":
+                continue
+            kind, group = key.split("/", 1)
+            if kind == "scores":
+                scored.scores[group] = z[key]
+            else:
+                scored.extra.setdefault(kind, {})[group] = z[key]
+    return scored, meta
+
+
 def score(cfg: dict, model: str, method: str, model_file: Path, features: Path | None, out: Path) -> None:
     net = load_pruned(model_file)
     spec = net.channel_spec()
     params = cfg["method_params"].get(method, {})
     if features is not None:
         with FeatureFile(features) as ff:
-            scores = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
+            scored = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
             sample = ff.attrs["sample_sha256"]
     else:
-        scores, sample = score_groups(method, spec, net, None, params), None
-    atomic_write_json(out, {"method": method, "model": model, "params": params, "sample_sha256": sample,
-                            "scores": {g: np.asarray(s).tolist() for g, s in scores.items()}})
+        scored, sample = score_groups(method, spec, net, None, params), None
+    save_scores(out, scored, {"method": method, "model": model, "params": params, "sample_sha256": sample})
+
+
+def _fpfmc_params(cfg: dict) -> dict:
+    return {**FPFMC_DEFAULTS, **cfg["method_params"].get("fpfmc", {})}
+
+
+def fpfmc_kselect(cfg: dict, model: str, features: Path, out: Path, workers: int) -> None:
+    """FP-FMC step 0 per tap: t-SNE embedding, IQR outliers, per-image K, the layer's K."""
+    import h5py
+    from tqdm import tqdm
+
+    p = _fpfmc_params(cfg)
+    spec = build(cfg["models"][model]["arch"]).channel_spec()
+    with FeatureFile(features) as ff, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update({"images": min(p["images"], ff.n_images), "seed": p["seed"],
+                         "sample_sha256": ff.attrs["sample_sha256"]})
+        for group, taps in tqdm(list(spec.taps("act").items()), desc="fpfmc kselect", mininterval=10):
+            for tap in taps:
+                channels = spec.groups[group].tap_slices.get(tap)
+                maps = torch.cat(list(ff.batches(tap, images=p["images"], channels=channels))).numpy()
+                coords, inlier = fpfmc.embed(maps, seed=p["seed"], workers=workers)
+                k, per_image = fpfmc.select_k(coords, inlier, seed=p["seed"], workers=workers)
+                g = h5.create_group(f"{group}/{tap}")
+                g["coords"], g["inlier"], g["per_image_k"] = coords, inlier, per_image
+                g.attrs["k"] = k
+
+
+def fpfmc_cluster(cfg: dict, kselect_file: Path, out: Path) -> None:
+    """FP-FMC step 1: KMeans with the layer's K on every image's embedding -> labels [N, C]."""
+    import h5py
+
+    p = _fpfmc_params(cfg)
+    with h5py.File(kselect_file, "r") as src, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(dict(src.attrs))
+        for group in src:
+            for tap, g in src[group].items():
+                h5[f"{group}/{tap}"] = fpfmc.cluster(g["coords"][()], g["inlier"][()], int(g.attrs["k"]), seed=p["seed"])
+
+
+def fpfmc_sort(cfg: dict, model: str, labels_file: Path, out: Path) -> None:
+    """FP-FMC step 2: redundancy index per group (summed over its taps); low RI is kept."""
+    import h5py
+
+    with h5py.File(labels_file, "r") as h5:
+        ri = {group: np.sum([fpfmc.redundancy_index(h5[group][tap][()]) for tap in h5[group]], axis=0)
+              for group in h5}
+        sample = h5.attrs["sample_sha256"]
+    scored = Scored({g: fpfmc.channel_scores_from_ri(v) for g, v in ri.items()}, {"redundancy_index": ri})
+    save_scores(out, scored, {"method": "fpfmc", "model": model, "params": _fpfmc_params(cfg), "sample_sha256": sample})
 
 
 def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) -> None:
-    m = cfg["models"][model]
-    spec = build(m["arch"]).channel_spec()
-    plan_cfg = m["plans"][plan]
-    rates = group_rates(spec, plan_cfg["rates"]) if "rates" in plan_cfg else uniform_rates(spec, plan_cfg["uniform"])
-    scored = json.loads(Path(scores_file).read_text())
-    kept = kept_from_scores(spec, {g: np.asarray(s) for g, s in scored["scores"].items()}, rates)
-    atomic_write_json(out, {"model": model, "plan": plan, "method": scored["method"], "definition": plan_cfg,
-                            "rates": rates, "sample_sha256": scored["sample_sha256"],
+    arch = cfg["models"][model]["arch"]
+    spec = build(arch).channel_spec()
+    plan_cfg = cfg["models"][model]["plans"][plan]
+    scored, meta = load_scores(scores_file)
+    method, scores = meta["method"], scored.scores
+    min_channels = plan_cfg.get("min_channels", 1)
+    info: dict = {}
+    if "rates" in plan_cfg:
+        kept = kept_from_scores(spec, scores, group_rates(spec, plan_cfg["rates"]))
+    elif "uniform" in plan_cfg:
+        kept = kept_from_scores(spec, scores, uniform_rates(spec, plan_cfg["uniform"]))
+    elif "sparsity" in plan_cfg or "threshold" in plan_cfg:
+        form = "sparsity" if "sparsity" in plan_cfg else "threshold"
+        kept = native_kept(method, spec, form, plan_cfg[form], scores, scored.extra, min_channels)
+    else:
+        full = {g: list(range(s.channels)) for g, s in spec.groups.items() if s.prunable}
+        baseline_macs = macs_of(arch, full)
+        target = plan_cfg.get("target_macs") or int(baseline_macs * (1 - plan_cfg["target_reduction"]))
+        if method in NATIVE_FORMS and "shape" not in plan_cfg:
+            form = NATIVE_FORMS[method]
+
+            def kept_at(value):
+                return native_kept(method, spec, form, value, scores, scored.extra, min_channels)
+
+            lo, hi, higher_prunes_more = (0.0, 0.999, True) if form == "sparsity" else (0.0, 1.0, False)
+        else:
+            form = "scale"
+            shape = group_rates(spec, plan_cfg["shape"]) if "shape" in plan_cfg else None
+            if shape is not None and max(shape.values()) <= 0:
+                raise FmpruneError(f"models.{model}.plans.{plan}.shape: all rates are 0, nothing to scale")
+
+            def kept_at(value):
+                return kept_from_scores(spec, scores, shaped_rates(spec, shape, value))
+
+            lo, hi, higher_prunes_more = 0.0, 0.999 / (max(shape.values()) if shape else 1.0), True
+        kept, knob, macs = reach_macs(arch, target, kept_at, lo, hi, higher_prunes_more)
+        info = {"target_macs": target, "reached_macs": macs, "knob": form, "knob_value": knob}
+    atomic_write_json(out, {"model": model, "plan": plan, "method": method, "definition": plan_cfg, **info,
+                            "sample_sha256": meta["sample_sha256"],
                             "widths": {g: len(k) for g, k in kept.items()}, "kept": kept})
 
 

@@ -66,3 +66,69 @@ def kept_from_scores(spec: ArchSpec, scores: dict[str, np.ndarray], rates: dict[
             raise FmpruneError(f"group {group}: {len(scores[group])} scores for {channels} channels")
         kept[group] = sorted(rank(scores[group])[: keep_count(channels, rate)].tolist())
     return kept
+
+
+def macs_of(arch: str, kept: dict[str, list[int]]) -> int:
+    """Conv + linear MACs of ``arch`` pruned to ``kept`` (nothing else is built or copied)."""
+    import torch
+
+    from .counting import conv_linear_macs
+    from .models import build, input_size
+    from .surgery import prune_
+
+    model = prune_(build(arch), {g: torch.tensor(k) for g, k in kept.items()})
+    return conv_linear_macs(model, input_size(arch))
+
+
+NATIVE_FORMS = {"cdp": "sparsity", "rgd": "threshold"}
+
+
+def native_kept(method: str, spec: ArchSpec, form: str, value: float, scores: dict[str, np.ndarray],
+                extra: dict[str, dict[str, np.ndarray]], min_channels: int = 1) -> dict[str, list[int]]:
+    """Kept indices for a method's own plan form: CDP's global sparsity, RGD's threshold."""
+    if NATIVE_FORMS.get(method) != form:
+        owner = {v: k for k, v in NATIVE_FORMS.items()}[form]
+        raise FmpruneError(f"plan form {form!r} belongs to method {owner}, not {method}")
+    if form == "sparsity":
+        from .methods.cdp import select_global
+
+        kept = select_global(scores, value, min_channels=min_channels)
+    else:
+        from .methods.rgd import decompose
+
+        kept = {g: decompose(sim, extra["l1"][g], value)[0] for g, sim in extra["similarity"].items()}
+    return {g: sorted(int(i) for i in k) for g, k in kept.items()}
+
+
+def reach_macs(arch: str, target: int, kept_at, lo: float, hi: float, more_pruning_when_higher: bool,
+               steps: int = 40) -> tuple[dict[str, list[int]], float, int]:
+    """Bisection on one knob for the least pruning whose MACs are at or below ``target``.
+
+    ``kept_at(knob)`` gives a plan; MACs must fall as the knob moves toward more pruning (for
+    RGD's threshold this holds usually, not always: the result is checked, never assumed).
+    """
+    prune_more, prune_less = (hi, lo) if more_pruning_when_higher else (lo, hi)
+    best = kept_at(prune_more)
+    best_macs, best_knob = macs_of(arch, best), prune_more
+    if best_macs > target:
+        raise FmpruneError(f"target of {target:,} MACs is out of reach: the most pruning gives {best_macs:,}")
+    for _ in range(steps):
+        mid = (prune_more + prune_less) / 2
+        kept = kept_at(mid)
+        macs = macs_of(arch, kept)
+        if macs <= target:
+            best, best_macs, best_knob, prune_more = kept, macs, mid, mid
+        else:
+            prune_less = mid
+    return best, best_knob, best_macs
+
+
+def shaped_rates(spec: ArchSpec, shape: dict[str, float] | None, scale: float) -> dict[str, float]:
+    """Rates of a shared shape multiplied by ``scale`` (a uniform shape when none is given)."""
+    base = shape or {g: 1.0 for g in spec.prunable_groups()}
+    return {g: min(r * scale, 0.999) for g, r in base.items()}
+
+
+def plan_applies(method: str, plan_cfg: dict) -> bool:
+    """A native plan form (CDP's sparsity, RGD's threshold) applies to its own method only."""
+    return all(form not in plan_cfg or owner == method for owner, form in NATIVE_FORMS.items())

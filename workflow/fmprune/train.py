@@ -109,7 +109,10 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
         model.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        loss_sum, correct, seen = 0.0, 0, 0
+        # Accumulated on the device: no host sync per batch.
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
         lr = optimizer.param_groups[0]["lr"]
         for x, y in data.train.batches(order, recipe["batch_size"], data.norm, augment=recipe["augment"],
                                        generator=gen, device=device):
@@ -119,9 +122,10 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        loss_sum, correct = float(loss_sum), int(correct)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
         scheduler.step()

@@ -4,6 +4,7 @@ import re
 
 from fmprune.io import atomic_write_text, sha256_json
 from fmprune.methods import METHODS, tap_kind
+from fmprune.plan import plan_applies
 
 # Every job reads the validated config (defaults filled in) from one content-addressed file.
 CFG = f"results/.config/{sha256_json(config)[:16]}.json"
@@ -40,7 +41,8 @@ def run_targets():
         f"results/{model}/{method}/{plan}/seed{seed}/acc.json"
         for model, m in config["models"].items()
         for method in methods_of(model)
-        for plan in m["plans"]
+        for plan, plan_cfg in m["plans"].items()
+        if plan_applies(method, plan_cfg)
         for seed in config["seeds"]
     ]
 

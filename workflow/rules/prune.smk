@@ -3,7 +3,7 @@
 
 rule plan:
     input:
-        "results/{model}/scores/{method}.json",
+        "results/{model}/scores/{method}.npz",
     output:
         "results/{model}/{method}/{plan}/plan.json",
     log:

@@ -1,21 +1,51 @@
 """Method registry and the one entry point the pipeline calls: :func:`score_groups`.
 
-A feature-map method is a module with ``TAP`` ("act" or "conv") and
-``channel_scores(batches, **params) -> [C]`` (higher = kept). A group written by several
-convs has one tap per writer: each tap's scores are divided by their mean over channels and
-the results averaged (METHODS.md's coupled-group rule).
+A feature-map method is a module with ``TAP`` ("act" or "conv", None when it reads weights
+only). Most methods expose ``channel_scores(batches, **params) -> [C]`` (higher = kept); CDP,
+RGD and FP-FMC have a few more steps, run here or by their own rules. A group written by
+several convs has one tap per writer (METHODS.md's coupled-group rule):
+
+- score-based methods divide each tap's scores by their mean absolute value over channels
+  (the mean, for non-negative scores) and average them;
+- RGD averages the taps' similarity matrices and sums the writers' filter L1 norms;
+- FP-FMC sums the taps' redundancy indices (each tap clustered on its own).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
 
 from .. import FmpruneError
 from ..models import ArchSpec
-from . import hrank, l1
+from . import cdp, cfdp, dct, fpfmc, hrank, l1, rgd
 from . import random as random_method
 
-METHODS = {"hrank": hrank, "l1": l1, "random": random_method}
+METHODS = {"hrank": hrank, "cfdp": cfdp, "dct": dct, "cdp": cdp, "rgd": rgd, "fpfmc": fpfmc, "l1": l1,
+           "random": random_method}
+
+# Keyword arguments each method accepts from ``method_params`` (anything else is a config error).
+PARAMS = {
+    "hrank": set(),
+    "cfdp": {"block", "sigma", "alpha"},
+    "dct": {"band"},
+    "cdp": {"coe", "documents"},
+    "rgd": {"hash_size", "images", "threshold"},
+    "fpfmc": {"images", "seed"},
+    "l1": set(),
+    "random": {"seed"},
+}
+RGD_DEFAULTS = {"hash_size": 8, "images": 128, "threshold": 0.7}
+FPFMC_DEFAULTS = {"images": 128, "seed": 0}
+
+
+@dataclass
+class Scored:
+    """Per-group channel scores, plus what a method's native plan form needs (RGD's graph)."""
+
+    scores: dict[str, np.ndarray]
+    extra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def get(method: str):
@@ -29,36 +59,75 @@ def tap_kind(method: str) -> str | None:
     return get(method).TAP
 
 
+def check_params(method: str, params: dict) -> None:
+    get(method)
+    unknown = set(params) - PARAMS[method]
+    if unknown:
+        allowed = ", ".join(sorted(PARAMS[method])) or "none"
+        raise FmpruneError(f"method_params.{method}: unknown parameter {sorted(unknown)[0]!r} (accepted: {allowed})")
+
+
 def combine(per_tap: list[np.ndarray]) -> np.ndarray:
-    """Mean of the taps' scores after dividing each by its mean over channels."""
+    """Mean of the taps' scores after dividing each by its mean absolute value over channels."""
     if len(per_tap) == 1:
         return per_tap[0]
     normalised = []
     for s in per_tap:
-        mean = float(np.mean(s))
-        normalised.append(s / mean if mean != 0 else s)
+        scale = float(np.mean(np.abs(s)))
+        normalised.append(s / scale if scale > 0 else s)
     return np.mean(normalised, axis=0)
 
 
+def group_l1(spec: ArchSpec, model: nn.Module, group: str) -> list[np.ndarray]:
+    """Filter L1 norms of every conv writing ``group``."""
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return [l1.filter_norms(convs[p]) for p in spec.producers(group) if p in convs]
+
+
 def score_groups(method: str, spec: ArchSpec, model: nn.Module, features=None,
-                 params: dict | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Scores of every prunable group for ``method`` (higher = more important)."""
+                 params: dict | None = None, batch_size: int = 64) -> Scored:
+    """Scores of every prunable group for ``method`` (higher = more important).
+
+    FP-FMC is not scored here: its K selection, clustering and sorting are separate rules
+    (see :mod:`fmprune.pipeline`).
+    """
     module, params = get(method), dict(params or {})
+    check_params(method, params)
     groups = spec.prunable_groups()
     if method == "random":
-        return {g: module.channel_scores(g, spec.groups[g].channels, **params) for g in groups}
+        return Scored({g: module.channel_scores(g, spec.groups[g].channels, **params) for g in groups})
     if method == "l1":
-        convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        return {g: combine([l1.filter_norms(convs[p]) for p in spec.producers(g) if p in convs]) for g in groups}
+        return Scored({g: combine(group_l1(spec, model, g)) for g in groups})
+    if method == "fpfmc":
+        raise FmpruneError("fpfmc is scored by its kselect → cluster → sort rules")
     if features is None:
         raise FmpruneError(f"method {method} needs a feature file")
-    scores = {}
-    for g in groups:
-        per_tap = []
-        for tap in spec.groups[g].taps[module.TAP]:
-            if getattr(module, "NEEDS_FLOAT32", False) and features.dtype(tap) == np.float16:
-                raise FmpruneError(f"{method} refuses float16 taps ({tap}): extract with features.dtype: float32")
-            channels = spec.groups[g].tap_slices.get(tap)
-            per_tap.append(module.channel_scores(features.batches(tap, batch_size, channels=channels), **params))
-        scores[g] = combine(per_tap)
-    return scores
+
+    def tap_batches(group: str, tap: str, images: int | None = None):
+        if getattr(module, "NEEDS_FLOAT32", False) and features.dtype(tap) == np.float16:
+            raise FmpruneError(f"{method} refuses float16 taps ({tap}): extract with features.dtype: float32")
+        channels = spec.groups[group].tap_slices.get(tap)
+        return features.batches(tap, batch_size, images=images, channels=channels)
+
+    taps = {g: spec.groups[g].taps[module.TAP] for g in groups}
+    if method == "rgd":
+        p = {**RGD_DEFAULTS, **params}
+        similarity = {
+            g: rgd.group_similarity([rgd.similarity(tap_batches(g, t, p["images"]), hash_size=p["hash_size"])
+                                     for t in taps[g]])
+            for g in groups
+        }
+        norms = {g: np.sum(group_l1(spec, model, g), axis=0) for g in groups}
+        scores = {g: rgd.ranking_scores(rgd.decompose(similarity[g], norms[g], p["threshold"])[1], norms[g])
+                  for g in groups}
+        return Scored(scores, {"similarity": similarity, "l1": norms})
+    if method == "cdp":
+        coe, documents = params.get("coe", 0.0), params.get("documents", "image")
+        labels = features.labels if documents == "class" else None
+        return Scored({
+            g: combine([cdp.tfidf_scores(cdp.document_activations(tap_batches(g, t), labels=labels,
+                                                                  documents=documents), coe=coe)
+                        for t in taps[g]])
+            for g in groups
+        })
+    return Scored({g: combine([module.channel_scores(tap_batches(g, t), **params) for t in taps[g]]) for g in groups})

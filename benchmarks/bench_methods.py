@@ -1,0 +1,436 @@
+"""Scoring speed of every method on ResNet-56's feature maps, next to a straightforward implementation.
+
+What it measures
+----------------
+ResNet-56 (the shared checkpoint; a seeded random init when it is missing) is run once over
+the first ``--images`` images of the pipeline's seeded sample of the flagged (``exact``)
+CIFAR-10 training images (seeded Gaussian images when the data folder is missing), storing the
+``act`` and ``conv`` taps of every prunable group in a temporary HDF5 file
+(``fmprune.features.extract``). Then, each in a fresh process so that timings and memory do not
+depend on what ran before:
+
+* ``score_groups`` of hrank, cfdp, dct, cdp, rgd, l1 and random over all groups: wall time and
+  peak resident memory (RSS);
+* for hrank, cfdp, dct, cdp and rgd, a straightforward implementation of the same formula
+  (per image and per channel: ``benchmarks/naive/``, and for HRank ``numpy.linalg.matrix_rank``
+  of one map at a time), combined over a group's taps exactly as ``score_groups`` does. Its
+  scores are compared with the fast method's (max relative difference) and so are the kept sets
+  at the seeds' rate list ``[0.]+[0.18]*29``. A straightforward run on fewer images
+  (``--naive-images``) is compared with the fast method on the same images, and its time is
+  extrapolated linearly to ``--images``;
+* FP-FMC: the pipeline's three rules (``fpfmc_kselect`` = t-SNE + per-image K selection,
+  ``fpfmc_cluster``, ``fpfmc_sort``) for all of ResNet-56's ``act`` taps with ``--fpfmc-workers``
+  processes, and on a subset of taps the scikit-learn implementation
+  (``benchmarks/naive/fpfmc.py``, per image): agreement of the layer K, of the per-image K and
+  the overlap (Jaccard) of the kept sets at rate 0.18.
+
+Peak memory: the kernel's peak-RSS mark of the measuring process is reset just before the
+measured call (``/proc/self/clear_refs``, Linux) and read afterwards with
+``resource.getrusage``; the table gives it with its increase over the RSS at the start of the
+call. RSS covers torch and numpy buffers alike (tracemalloc would miss torch's). FP-FMC's
+worker processes are not included.
+
+How to run (from the repository root; the full run takes several minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/bench_methods.py                 # 128 images -> results/bench/methods.md
+    .venv/bin/python benchmarks/bench_methods.py --quick         # smoke run on a few images
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # ``benchmarks.naive`` when run as a script
+
+from benchmarks.naive import cdp as naive_cdp  # noqa: E402
+from benchmarks.naive import cfdp as naive_cfdp  # noqa: E402
+from benchmarks.naive import dct as naive_dct  # noqa: E402
+from benchmarks.naive import fpfmc as naive_fpfmc  # noqa: E402
+from benchmarks.naive import rgd as naive_rgd  # noqa: E402
+from fmprune import config as cfglib  # noqa: E402
+from fmprune import data as datalib  # noqa: E402
+from fmprune.features import FeatureFile, extract, sample_indices, taps_for  # noqa: E402
+from fmprune.methods import FPFMC_DEFAULTS, METHODS, RGD_DEFAULTS, combine, fpfmc, group_l1, rgd, score_groups  # noqa: E402
+from fmprune.models import build  # noqa: E402
+from fmprune.pipeline import _read_checkpoint, fpfmc_cluster, fpfmc_kselect, fpfmc_sort  # noqa: E402
+from fmprune.plan import group_rates, keep_count, kept_from_scores  # noqa: E402
+
+CONFIG = ROOT / "config" / "cifar10-resnet56.yaml"
+MODEL = "resnet56"
+RATES = "[0.]+[0.18]*29"  # the seeds' operating point (config plan seeds018)
+FPFMC_RATE = 0.18
+DIRECT_METHODS = ("hrank", "cfdp", "dct", "cdp", "rgd", "l1", "random")
+DIRECT_TARGET_S = 30.0
+KSELECT_TARGET_S = 600.0
+
+
+# --------------------------------------------------------------------------------------------
+# model, images, measurement (bench_extract.py uses these too)
+# --------------------------------------------------------------------------------------------
+def load_model(checkpoint: Path) -> tuple[nn.Module, str]:
+    """ResNet-56 from ``checkpoint``, or a seeded random init (with a printed note) without one."""
+    if checkpoint.is_file():
+        return _read_checkpoint(checkpoint, "resnet56", 10), f"checkpoint {checkpoint.name}"
+    print(f"note: checkpoint {checkpoint} not found: using a randomly initialised ResNet-56 (torch seed 0)")
+    torch.manual_seed(0)
+    return build("resnet56"), "random init (torch seed 0, no checkpoint)"
+
+
+@dataclass
+class Images:
+    indices: np.ndarray  # training-set indices (0 … N−1 for random images)
+    source: str
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # batch size -> (x, y)
+
+
+def load_images(cfg: dict, data_root: Path, n: int) -> Images:
+    """The first ``n`` of the pipeline's seeded sample of flagged training images, normalised as
+    the model expects; seeded Gaussian images (with a printed note) when ``data_root`` is missing."""
+    if not data_root.is_dir():
+        print(f"note: data folder {data_root} not found: using {n} random Gaussian images (seed 0)")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (n,), generator=gen)
+        return Images(np.arange(n), f"{n} random Gaussian images (seed 0, no data folder)",
+                      lambda bs: ((x[s : s + bs], y[s : s + bs]) for s in range(0, n, bs)))
+    m = cfg["models"][MODEL]
+    ds_cfg = dict(cfg["datasets"][m["dataset"]], root=str(data_root), normalize=cfglib.normalization(cfg, MODEL))
+    data = datalib.load(m["dataset"], ds_cfg)
+    pool = np.flatnonzero(data.train.flags)
+    f = cfg["features"]
+    indices = sample_indices(len(data.train), max(f["samples"], n), f["seed"], pool)[:n]
+    source = (f"first {n} of the seeded sample (seed {f['seed']}) of the {len(pool)} flagged "
+              f"({ds_cfg['flag_column']}) training images in {data_root}")
+    return Images(indices, source, lambda bs: data.train.batches(indices, bs, data.norm))
+
+
+def _rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextmanager
+def measured():
+    """Wall time and peak RSS of the block, filled into the yielded dict when the block ends."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
+    result = {"rss_start_mib": _rss_mib()}
+    start = time.perf_counter()
+    yield result
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(fn, *args):
+    """Run ``fn(*args)`` in a newly spawned process and return its result."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return (f"{platform.node()}: {os.cpu_count()} CPUs visible, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, numpy {np.__version__}")
+
+
+# --------------------------------------------------------------------------------------------
+# straightforward implementations
+# --------------------------------------------------------------------------------------------
+def hrank_naive(batches) -> np.ndarray:
+    """HRank the straightforward way: ``numpy.linalg.matrix_rank`` of one map at a time."""
+    total, n = None, 0
+    for batch in batches:
+        for image in batch.numpy():
+            ranks = np.array([np.linalg.matrix_rank(fmap) for fmap in image], dtype=np.float64)
+            total = ranks if total is None else total + ranks
+            n += 1
+    return total / n
+
+
+NAIVE_TAP_SCORES = {
+    "hrank": hrank_naive,
+    "cfdp": naive_cfdp.channel_scores,
+    "dct": naive_dct.channel_scores,
+    "cdp": lambda batches: naive_cdp.tfidf_scores(naive_cdp.document_activations(batches)),
+}
+NAIVE_METHODS = (*NAIVE_TAP_SCORES, "rgd")
+
+
+def naive_scores(method: str, spec, model: nn.Module, ff: FeatureFile, batch_size: int) -> dict[str, np.ndarray]:
+    """Scores of every prunable group with the straightforward per-map code, taps combined as
+    ``score_groups`` combines them (RGD: the similarity is naive, the decomposition shared)."""
+    kind = METHODS[method].TAP
+
+    def maps(group: str, tap: str, images: int | None = None):
+        return ff.batches(tap, batch_size, images=images, channels=spec.groups[group].tap_slices.get(tap))
+
+    scores = {}
+    for g in spec.prunable_groups():
+        taps = spec.groups[g].taps[kind]
+        if method == "rgd":
+            p = RGD_DEFAULTS
+            sim = rgd.group_similarity([naive_rgd.similarity(maps(g, t, p["images"]), hash_size=p["hash_size"])
+                                        for t in taps])
+            norms = np.sum(group_l1(spec, model, g), axis=0)
+            scores[g] = rgd.ranking_scores(rgd.decompose(sim, norms, p["threshold"])[1], norms)
+        else:
+            scores[g] = combine([NAIVE_TAP_SCORES[method](maps(g, t)) for t in taps])
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# measurements, each run by in_fresh_process
+# --------------------------------------------------------------------------------------------
+class FirstImages(FeatureFile):
+    """A feature file seen through its first ``n`` images."""
+
+    def __init__(self, path: Path, n: int):
+        super().__init__(path)
+        self.n_images = min(n, self.n_images)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return super().labels[: self.n_images]
+
+
+def _load_weights(path: Path) -> nn.Module:
+    model = build("resnet56")
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model
+
+
+def run_scoring(job: dict) -> dict:
+    """Score all groups with the fast method (``score_groups``) or the straightforward code."""
+    model = _load_weights(job["weights"])
+    spec = model.channel_spec()
+    with FirstImages(job["features"], job["images"]) as ff:
+        with measured() as m:
+            if job["naive"]:
+                scores = naive_scores(job["method"], spec, model, ff, job["batch_size"])
+            else:
+                scores = score_groups(job["method"], spec, model, ff, batch_size=job["batch_size"]).scores
+    return {**m, "scores": scores}
+
+
+def run_fpfmc_pipeline(job: dict) -> dict:
+    """The pipeline's FP-FMC rules over all act taps: kselect, cluster, sort, each timed."""
+    cfg = cfglib.load([CONFIG])
+    work = Path(job["workdir"])
+    with measured() as kselect:
+        fpfmc_kselect(cfg, MODEL, job["features"], work / "kselect.h5", workers=job["workers"])
+    with measured() as clustering:
+        fpfmc_cluster(cfg, work / "kselect.h5", work / "labels.h5")
+    with measured() as sort:
+        fpfmc_sort(cfg, MODEL, work / "labels.h5", work / "scores.npz")
+    return {"kselect": kselect, "cluster": clustering, "sort": sort}
+
+
+def run_fpfmc_compare(job: dict) -> dict:
+    """One tap: FP-FMC fast (all steps) against scikit-learn per image, plus scikit-learn's
+    KMeans/silhouette on the fast embedding (to tell t-SNE differences from K-selection ones)."""
+    seed, workers = FPFMC_DEFAULTS["seed"], job["workers"]
+    channels = build("resnet56").channel_spec().groups[job["group"]].tap_slices.get(job["tap"])
+    with FeatureFile(job["features"]) as ff:
+        n = min(FPFMC_DEFAULTS["images"], ff.n_images)
+        maps = torch.cat(list(ff.batches(job["tap"], images=n, channels=channels))).numpy()
+    with measured() as fast:
+        coords, inlier = fpfmc.embed(maps, seed=seed, workers=workers)
+        k, per_image = fpfmc.select_k(coords, inlier, seed=seed, workers=workers)
+        ri = fpfmc.redundancy_index(fpfmc.cluster(coords, inlier, k, seed=seed))
+    with measured() as sk:
+        sk_coords, sk_inlier = naive_fpfmc.embed(maps, seed)
+        sk_k, sk_per_image = naive_fpfmc.select_k(sk_coords, sk_inlier, seed)
+        sk_ri = naive_fpfmc.redundancy_index(naive_fpfmc.cluster(sk_coords, sk_inlier, sk_k, seed))
+    same_k, same_per_image = naive_fpfmc.select_k(coords, inlier, seed)
+    keep = keep_count(maps.shape[1], FPFMC_RATE)
+    kept, sk_kept = set(fpfmc.keep_order(ri)[:keep].tolist()), set(np.argsort(sk_ri, kind="stable")[:keep].tolist())
+    return {
+        "channels": maps.shape[1], "images": n, "fast_s": fast["seconds"], "sklearn_s": sk["seconds"],
+        "k": k, "sk_k": sk_k, "same_k": same_k,
+        "per_image_agree": float(np.mean(per_image == sk_per_image)),
+        "same_per_image_agree": float(np.mean(per_image == same_per_image)),
+        "jaccard": len(kept & sk_kept) / len(kept | sk_kept),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------
+def max_rel_diff(fast: dict[str, np.ndarray], naive: dict[str, np.ndarray]) -> float:
+    """max over groups of max_c |fast − naive| / max_c |naive| (relative to the group's scale)."""
+    worst = 0.0
+    for g, ref in naive.items():
+        scale = float(np.max(np.abs(ref))) or 1.0
+        worst = max(worst, float(np.max(np.abs(np.asarray(fast[g]) - ref))) / scale)
+    return worst
+
+
+def memory_cell(m: dict) -> str:
+    return f"{m['peak_rss_mib']:.0f} (+{m['peak_rss_mib'] - m['rss_start_mib']:.0f})"
+
+
+def bench_direct(args, spec, features: Path, weights: Path, batch_size: int) -> tuple[list, list]:
+    """Rows of the direct-method table, and each method's fast time."""
+    rates = group_rates(spec, RATES)
+    job = {"features": features, "weights": weights, "batch_size": batch_size}
+    rows, fast_times = [], {}
+    for method in DIRECT_METHODS:
+        fast = in_fresh_process(run_scoring, {**job, "method": method, "naive": False, "images": args.images})
+        fast_times[method] = fast["seconds"]
+        print(f"{method}: fast {fast['seconds']:.2f} s", flush=True)
+        if method not in NAIVE_METHODS:
+            rows.append([method, f"{fast['seconds']:.2f}", "—", "—", "—", "—", "—", memory_cell(fast)])
+            continue
+        n = args.images if method in args.naive_all else min(args.naive_images, args.images)
+        naive = in_fresh_process(run_scoring, {**job, "method": method, "naive": True, "images": n})
+        reference = fast if n == args.images else in_fresh_process(
+            run_scoring, {**job, "method": method, "naive": False, "images": n})
+        naive_s = naive["seconds"] * args.images / n
+        naive_cell = f"{naive_s:.1f}" if n == args.images else f"{naive_s:.1f} (extrapolated from {n})"
+        same = (kept_from_scores(spec, reference["scores"], rates) == kept_from_scores(spec, naive["scores"], rates))
+        diff = max_rel_diff(reference["scores"], naive["scores"])
+        print(f"{method}: straightforward {naive['seconds']:.2f} s on {n} images; "
+              f"max rel. diff {diff:.1e}; kept sets equal: {same}", flush=True)
+        rows.append([method, f"{fast['seconds']:.2f}", naive_cell, f"{naive_s / fast['seconds']:.0f}×",
+                     f"{diff:.1e}", "yes" if same else "**no**", n, memory_cell(fast)])
+    return rows, fast_times
+
+
+def bench_fpfmc(args, spec, features: Path, workdir: Path) -> tuple[dict, list]:
+    """FP-FMC pipeline timings, and the rows of the fast-vs-scikit-learn table."""
+    pipeline = in_fresh_process(run_fpfmc_pipeline, {"features": features, "workdir": workdir,
+                                                     "workers": args.fpfmc_workers})
+    print("fpfmc: kselect {:.1f} s, cluster {:.1f} s, sort {:.1f} s".format(
+        *(pipeline[s]["seconds"] for s in ("kselect", "cluster", "sort"))), flush=True)
+    taps = [(g, t) for g, ts in spec.taps("act").items() for t in ts]
+    picks = np.unique(np.linspace(0, len(taps) - 1, args.fpfmc_subset_layers).round().astype(int))
+    rows = []
+    for group, tap in (taps[i] for i in picks):
+        r = in_fresh_process(run_fpfmc_compare, {"features": features, "group": group, "tap": tap,
+                                                 "workers": args.fpfmc_workers})
+        print(f"fpfmc {tap}: fast {r['fast_s']:.1f} s, scikit-learn {r['sklearn_s']:.1f} s, "
+              f"K {r['k']}/{r['sk_k']}, Jaccard {r['jaccard']:.2f}", flush=True)
+        rows.append([tap, r["channels"], r["images"], f"{r['fast_s']:.1f}", f"{r['sklearn_s']:.1f}",
+                     f"{r['sklearn_s'] / r['fast_s']:.0f}×", f"{r['k']} / {r['sk_k']} / {r['same_k']}",
+                     f"{r['per_image_agree']:.0%}", f"{r['same_per_image_agree']:.0%}", f"{r['jaccard']:.2f}"])
+    return pipeline, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "../shared/weights/resnet56-4bfd9763.th")
+    parser.add_argument("--data-root", type=Path, default=Path("~/.cache/fmprune/cifar10").expanduser())
+    parser.add_argument("--images", type=int, default=128, help="images scored (default 128)")
+    parser.add_argument("--naive-images", type=int, default=8,
+                        help="images for the slow straightforward runs (those not in --naive-all); "
+                             "their time is extrapolated linearly to --images (default 8)")
+    parser.add_argument("--naive-all", type=lambda s: s.split(","), default=["hrank", "dct", "cdp", "rgd"],
+                        help="comma-separated methods whose straightforward run uses all --images "
+                             "(default hrank,dct,cdp,rgd; cfdp's takes ~4 s per image)")
+    parser.add_argument("--fpfmc-subset-layers", type=int, default=3,
+                        help="act taps (evenly spread over the network) compared with scikit-learn (default 3)")
+    parser.add_argument("--fpfmc-workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "results/bench/methods.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 8 images, 2 for the slow straightforward runs, 2 FP-FMC taps")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.naive_images, args.fpfmc_subset_layers = 8, 2, 2
+
+    cfg = cfglib.load([CONFIG])
+    model, model_source = load_model(args.checkpoint.resolve())
+    images = load_images(cfg, args.data_root.expanduser(), args.images)
+    spec = model.channel_spec()
+    batch_size = cfg["features"]["batch_size"]
+    with tempfile.TemporaryDirectory(prefix="bench-methods-") as tmp:
+        work = Path(tmp)
+        weights, features = work / "weights.pt", work / "features.h5"
+        torch.save(model.state_dict(), weights)
+        start = time.perf_counter()
+        extract(model, images.batches(batch_size), images.indices, taps_for(spec, {"act", "conv"}), features,
+                {"arch": "resnet56", "model": MODEL, "dataset": "cifar10", "seed": cfg["features"]["seed"]})
+        extract_s = time.perf_counter() - start
+        size_mib = features.stat().st_size / 2**20
+        print(f"extracted act+conv taps of {args.images} images in {extract_s:.1f} s ({size_mib:.0f} MiB)", flush=True)
+        direct_rows, fast_times = bench_direct(args, spec, features, weights, batch_size)
+        pipeline, fpfmc_rows = bench_fpfmc(args, spec, features, work)
+
+    full_scale = args.images == 128
+    slowest = max(fast_times, key=fast_times.get)
+    kselect_s = pipeline["kselect"]["seconds"]
+    n_act_taps = sum(len(t) for t in spec.taps("act").values())
+    report = "\n".join([
+        f"# Method scoring benchmark: ResNet-56, {args.images} images",
+        "",
+        f"- machine: {machine()}",
+        f"- model: {model_source}",
+        f"- images: {images.source}",
+        f"- features: act + conv taps of all {len(spec.prunable_groups())} prunable groups, float32, "
+        f"{size_mib:.0f} MiB, extracted in {extract_s:.1f} s",
+        "- every measurement runs in a fresh process; times are wall-clock seconds of the whole "
+        "network's scoring (reading the HDF5 file included)",
+        "",
+        "## Direct methods",
+        "",
+        markdown_table(["method", "fast time (s)", "straightforward time (s)", "speed-up", "max rel. score diff",
+                        f"kept sets equal at {RATES}", "images compared", "peak RSS MiB (+ during scoring)"],
+                       direct_rows),
+        "",
+        "Max rel. score diff: over groups, max |fast − straightforward| / max |straightforward|, on the "
+        "images compared (the fast method is re-run on them when the straightforward run used fewer). "
+        "Straightforward: benchmarks/naive/ (HRank: numpy.linalg.matrix_rank per map), taps combined "
+        "as score_groups does; RGD's decomposition is shared, only its similarity is naive.",
+        "",
+        f"Target, every direct method under {DIRECT_TARGET_S:.0f} s at 128 images: "
+        + ((f"{'met' if fast_times[slowest] < DIRECT_TARGET_S else '**not met**'} "
+            f"(slowest: {slowest}, {fast_times[slowest]:.2f} s)") if full_scale else "not checked (not 128 images)"),
+        "",
+        "## FP-FMC",
+        "",
+        markdown_table(["pipeline rule", "time (s)", "peak RSS MiB (+ during the rule), main process"],
+                       [[f"{s} ({n_act_taps} act taps, {args.fpfmc_workers} workers)" if s == "kselect" else s,
+                         f"{pipeline[s]['seconds']:.1f}", memory_cell(pipeline[s])]
+                        for s in ("kselect", "cluster", "sort")]),
+        "",
+        f"Target, kselect of all layers on 128 images under {KSELECT_TARGET_S / 60:.0f} min: "
+        + ((f"{'met' if kselect_s < KSELECT_TARGET_S else '**not met**'} ({kselect_s:.0f} s)")
+           if full_scale else "not checked (not 128 images)"),
+        "",
+        markdown_table(["tap", "C", "images", "fast (s)", "scikit-learn (s)", "speed-up",
+                        "layer K: fast / sklearn / sklearn on fast t-SNE", "per-image K agree",
+                        "per-image K agree, same t-SNE", f"kept-set Jaccard at {FPFMC_RATE}"], fpfmc_rows),
+        "",
+        "Fast: fmprune.methods.fpfmc (embed, select_k with the workers above, cluster, redundancy_index); "
+        "scikit-learn: benchmarks/naive/fpfmc.py per image (TSNE, KMeans, silhouette_score, set-based "
+        "redundancy index). \"same t-SNE\" runs scikit-learn's KMeans/silhouette on the fast embedding, "
+        "separating K-selection agreement from t-SNE differences (float64 vs sklearn's float32).",
+        "",
+    ])
+    print("\n" + report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
