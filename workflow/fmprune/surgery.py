@@ -51,6 +51,22 @@ def _remap_shortcut(src: torch.Tensor, out_idx: torch.Tensor, in_idx: torch.Tens
     return torch.where(old >= 0, position[old.clamp(min=0)], -1)
 
 
+def _slice_weight(name: str, m: nn.Conv2d | nn.Linear, out_idx, in_idx) -> None:
+    if isinstance(m, nn.Conv2d) and m.groups != 1:
+        raise FmpruneError(f"{name}: grouped convolutions are not supported")
+    out_attr, in_attr = ("out_channels", "in_channels") if isinstance(m, nn.Conv2d) else ("out_features", "in_features")
+    w = m.weight
+    if out_idx is not None:
+        w = w[out_idx]
+        if m.bias is not None:
+            m.bias = nn.Parameter(m.bias[out_idx].clone())
+        setattr(m, out_attr, out_idx.numel())
+    if in_idx is not None:
+        w = w[:, in_idx]
+        setattr(m, in_attr, in_idx.numel())
+    m.weight = nn.Parameter(w.clone())
+
+
 @torch.no_grad()
 def prune_(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
     """Remove every channel not in ``kept``, in place; returns the model."""
@@ -60,30 +76,8 @@ def prune_(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
     for name, io in spec.modules.items():
         m = modules[name]
         out_idx, in_idx = _axis_index(spec, io.out, kept), _axis_index(spec, io.inp, kept)
-        if isinstance(m, nn.Conv2d):
-            if m.groups != 1:
-                raise FmpruneError(f"{name}: grouped convolutions are not supported")
-            w = m.weight
-            if out_idx is not None:
-                w = w[out_idx]
-                if m.bias is not None:
-                    m.bias = nn.Parameter(m.bias[out_idx].clone())
-                m.out_channels = out_idx.numel()
-            if in_idx is not None:
-                w = w[:, in_idx]
-                m.in_channels = in_idx.numel()
-            m.weight = nn.Parameter(w.clone())
-        elif isinstance(m, nn.Linear):
-            w = m.weight
-            if out_idx is not None:
-                w = w[out_idx]
-                if m.bias is not None:
-                    m.bias = nn.Parameter(m.bias[out_idx].clone())
-                m.out_features = out_idx.numel()
-            if in_idx is not None:
-                w = w[:, in_idx]
-                m.in_features = in_idx.numel()
-            m.weight = nn.Parameter(w.clone())
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            _slice_weight(name, m, out_idx, in_idx)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.weight = nn.Parameter(m.weight[out_idx].clone())
             m.bias = nn.Parameter(m.bias[out_idx].clone())

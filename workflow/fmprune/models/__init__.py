@@ -1,14 +1,25 @@
-"""Architecture registry: ``build(arch)`` gives a model whose ``channel_spec()`` says how to prune it."""
+"""Architecture registry: ``build(arch)`` gives a model whose ``channel_spec()`` says how to prune it.
+
+Architecture ids are the ones of ../shared/docs/paper_results.csv. Each entry names the module
+that defines it, the factory in that module, and the input side the papers count cost on.
+"""
 from __future__ import annotations
+
+import importlib
 
 from torch import nn
 
 from .. import FmpruneError
-from .resnet_cifar import DEPTHS, CifarResNet
 from .spec import ArchSpec, ChannelGroup, ModuleIO, RateEntry
 
-# arch id -> (constructor, input resolution used for cost counting)
-_REGISTRY = {name: (lambda n=name, **kw: CifarResNet(n, **kw), 32) for name in DEPTHS}
+# arch id -> (module, factory, input side for cost counting)
+_REGISTRY: dict[str, tuple[str, str, int]] = {
+    "resnet20": ("resnet_cifar", "resnet20", 32),
+    "resnet32": ("resnet_cifar", "resnet32", 32),
+    "resnet44": ("resnet_cifar", "resnet44", 32),
+    "resnet56": ("resnet_cifar", "resnet56", 32),
+    "resnet110": ("resnet_cifar", "resnet110", 32),
+}
 
 ARCHS = tuple(_REGISTRY)
 
@@ -16,14 +27,15 @@ ARCHS = tuple(_REGISTRY)
 def build(arch: str, num_classes: int = 10) -> nn.Module:
     if arch not in _REGISTRY:
         raise FmpruneError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
-    return _REGISTRY[arch][0](num_classes=num_classes)
+    module, factory, _ = _REGISTRY[arch]
+    return getattr(importlib.import_module(f".{module}", __name__), factory)(num_classes=num_classes)
 
 
 def input_size(arch: str) -> int:
     """Side of the square input the papers count cost on (32 for CIFAR, 224 for ImageNet)."""
     if arch not in _REGISTRY:
         build(arch)  # raises the one-line error
-    return _REGISTRY[arch][1]
+    return _REGISTRY[arch][2]
 
 
 __all__ = ["ARCHS", "ArchSpec", "ChannelGroup", "ModuleIO", "RateEntry", "build", "input_size"]

@@ -138,3 +138,23 @@ def _network_order(group: str) -> tuple[int, int, int]:
         return (int(group[5]), -1, 0)
     stage, block = group[len("layer") :].split(".")[:2]
     return (int(stage), int(block), 1)
+
+
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet("resnet20", num_classes)
+
+
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet("resnet32", num_classes)
+
+
+def resnet44(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet("resnet44", num_classes)
+
+
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet("resnet56", num_classes)
+
+
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet("resnet110", num_classes)
