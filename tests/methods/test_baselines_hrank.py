@@ -48,13 +48,15 @@ def test_l1_is_the_filter_weight_norm_and_groups_combine_normalised():
     np.testing.assert_allclose(scores["layer1.0.conv1"], w.abs().sum((1, 2, 3)).numpy(), rtol=1e-6)
     writers = [model.conv1] + [b.conv2 for b in model.layer1]
     norms = [m.weight.detach().abs().sum((1, 2, 3)).double().numpy() for m in writers]
-    np.testing.assert_allclose(scores["stage1"], np.mean([n / n.mean() for n in norms], 0))
+    expected = np.mean([n / n.mean() for n in norms], 0) * np.mean([n.mean() for n in norms])
+    np.testing.assert_allclose(scores["stage1"], expected)
 
 
 def test_combine_single_tap_is_unchanged():
     s = np.array([1.0, 2.0])
     assert combine([s]) is s
-    np.testing.assert_allclose(combine([np.array([1.0, 3.0]), np.array([10.0, 10.0])]), [0.75, 1.25])
+    # normalised [0.5, 1.5] and [1, 1], averaged [0.75, 1.25], times the mean scale (2 + 10) / 2
+    np.testing.assert_allclose(combine([np.array([1.0, 3.0]), np.array([10.0, 10.0])]), [4.5, 7.5])
 
 
 def test_hrank_refuses_float16_taps(tmp_path):

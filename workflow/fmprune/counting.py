@@ -1,8 +1,10 @@
 """Cost of a model on one input, in the conventions the papers mix.
 
 ``macs``      multiply-accumulates of every Conv2d and Linear (the papers' baseline "FLOPs").
-``macs_thop`` thop's count, which also charges BatchNorm (2 per output element) and a few
-              other layers (what the seeds' pruned rows printed).
+``macs_thop`` the installed thop's count (0.1.1): it also charges BatchNorm, 4 operations per
+              output element of an affine BN, and a few other layers.
+``macs_seeds`` conv + linear + 2 per BatchNorm output element: the convention of the seeds'
+              pruned rows (their older thop charged BN 2 per element), e.g. ResNet-56's 90.35M.
 ``flops``     true floating-point operations, 2 × macs.
 ``params``    every parameter, BatchNorm's gamma and beta included (buffers excluded).
 """
@@ -18,7 +20,8 @@ from torch import nn
 from .models import input_size
 
 
-def conv_linear_macs(model: nn.Module, size: int) -> int:
+def conv_linear_macs(model: nn.Module, size: int, bn_ops_per_element: int = 0) -> int:
+    """MACs of every Conv2d and Linear, plus ``bn_ops_per_element`` per BatchNorm output."""
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp, out):
@@ -30,9 +33,15 @@ def conv_linear_macs(model: nn.Module, size: int) -> int:
         nonlocal total
         total += out.numel() // out.shape[0] * m.in_features
 
+    def bn_hook(_m, _inp, out):
+        nonlocal total
+        total += bn_ops_per_element * (out.numel() // out.shape[0])
+
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and bn_ops_per_element:
+            handles.append(m.register_forward_hook(bn_hook))
+        elif isinstance(m, nn.Conv2d):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
@@ -69,6 +78,7 @@ def count(model: nn.Module, arch: str) -> dict[str, int]:
         "params": sum(p.numel() for p in model.parameters()),
         "macs": macs,
         "macs_thop": thop_macs(model, size),
+        "macs_seeds": conv_linear_macs(model, size, bn_ops_per_element=2),
         "flops": 2 * macs,
         "input_size": size,
     }

@@ -50,21 +50,39 @@ def uniform_rates(spec: ArchSpec, rate: float) -> dict[str, float]:
     return {g: rate for g in spec.prunable_groups()}
 
 
+def keep_counts(spec: ArchSpec, rates: dict[str, float]) -> dict[str, int]:
+    """Channels each rated group keeps; groups with ``width_of`` use their inputs' kept width."""
+    counts: dict[str, int] = {}
+
+    def kept_width(group: str) -> int:
+        if group not in rates:
+            return spec.groups[group].channels
+        if group not in counts:
+            base = spec.groups[group].width_of
+            width = sum(kept_width(g) for g in base) if base else spec.groups[group].channels
+            counts[group] = keep_count(width, rates[group])
+        return counts[group]
+
+    for group in rates:
+        kept_width(group)
+    return counts
+
+
 def rank(scores: np.ndarray) -> np.ndarray:
     """Channel indices by descending score; ties go to the lower index (stable)."""
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
 def kept_from_scores(spec: ArchSpec, scores: dict[str, np.ndarray], rates: dict[str, float]) -> dict[str, list[int]]:
-    """Top ``keep_count`` channels of each group by score, as sorted index lists."""
+    """Top :func:`keep_counts` channels of each group by score, as sorted index lists."""
     kept = {}
-    for group, rate in rates.items():
+    for group, keep in keep_counts(spec, rates).items():
         channels = spec.groups[group].channels
         if group not in scores:
             raise FmpruneError(f"no scores for group {group}")
         if len(scores[group]) != channels:
             raise FmpruneError(f"group {group}: {len(scores[group])} scores for {channels} channels")
-        kept[group] = sorted(rank(scores[group])[: keep_count(channels, rate)].tolist())
+        kept[group] = sorted(rank(scores[group])[:keep].tolist())
     return kept
 
 

@@ -6,7 +6,7 @@ RGD and FP-FMC have a few more steps, run here or by their own rules. A group wr
 several convs has one tap per writer (METHODS.md's coupled-group rule):
 
 - score-based methods divide each tap's scores by their mean absolute value over channels
-  (the mean, for non-negative scores) and average them;
+  (the mean, for non-negative scores) and average them (see :func:`combine`);
 - RGD averages the taps' similarity matrices and sums the writers' filter L1 norms;
 - FP-FMC sums the taps' redundancy indices (each tap clustered on its own).
 """
@@ -68,14 +68,17 @@ def check_params(method: str, params: dict) -> None:
 
 
 def combine(per_tap: list[np.ndarray]) -> np.ndarray:
-    """Mean of the taps' scores after dividing each by its mean absolute value over channels."""
+    """Mean of the taps' scores after dividing each by its mean absolute value over channels.
+
+    The result is multiplied back by the taps' mean scale: a positive constant, so the ranking
+    inside the group is exactly METHODS.md's, while the group stays on the same scale as
+    single-tap groups (CDP's global selection compares scores across groups).
+    """
     if len(per_tap) == 1:
         return per_tap[0]
-    normalised = []
-    for s in per_tap:
-        scale = float(np.mean(np.abs(s)))
-        normalised.append(s / scale if scale > 0 else s)
-    return np.mean(normalised, axis=0)
+    scales = [float(np.mean(np.abs(s))) for s in per_tap]
+    normalised = [s / scale if scale > 0 else s for s, scale in zip(per_tap, scales)]
+    return np.mean(normalised, axis=0) * (np.mean(scales) if max(scales) > 0 else 1.0)
 
 
 def group_l1(spec: ArchSpec, model: nn.Module, group: str) -> list[np.ndarray]:

@@ -22,6 +22,9 @@ class ChannelGroup:
     # module's output holds more than this group (DenseNet's shared BN-ReLU).
     taps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tap_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # When set, a rate applies to the *kept* width of these groups, not to ``channels``: the
+    # seeds size DenseNet's transitions as floor(W·(1 − r)) of their pruned input width W.
+    width_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
