@@ -3,8 +3,9 @@
 ``macs``      multiply-accumulates of every Conv2d and Linear (the papers' baseline "FLOPs").
 ``macs_thop`` the installed thop's count (0.1.1): it also charges BatchNorm, 4 operations per
               output element of an affine BN, and a few other layers.
-``macs_seeds`` conv + linear + 2 per BatchNorm output element: the convention of the seeds'
-              pruned rows (their older thop charged BN 2 per element), e.g. ResNet-56's 90.35M.
+``macs_seeds`` conv + linear, plus 2 per BatchNorm output element and 1 per output element of a
+              conv with bias: the older thop the seeds' pruned rows were counted with
+              (ResNet-56's 90.35M, VGG-16's 131.17M).
 ``flops``     true floating-point operations, 2 × macs.
 ``params``    every parameter, BatchNorm's gamma and beta included (buffers excluded).
 """
@@ -20,14 +21,16 @@ from torch import nn
 from .models import input_size
 
 
-def conv_linear_macs(model: nn.Module, size: int, bn_ops_per_element: int = 0) -> int:
-    """MACs of every Conv2d and Linear, plus ``bn_ops_per_element`` per BatchNorm output."""
+def conv_linear_macs(model: nn.Module, size: int, seeds_convention: bool = False) -> int:
+    """MACs of every Conv2d and Linear; with ``seeds_convention`` also the older thop's BatchNorm
+    (2 per output element) and conv-bias (1 per output element) terms."""
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp, out):
         nonlocal total
         kh, kw = m.kernel_size
-        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+        per_output = (m.in_channels // m.groups) * kh * kw + (seeds_convention and m.bias is not None)
+        total += out.numel() // out.shape[0] * per_output
 
     def linear_hook(m: nn.Linear, _inp, out):
         nonlocal total
@@ -35,11 +38,11 @@ def conv_linear_macs(model: nn.Module, size: int, bn_ops_per_element: int = 0) -
 
     def bn_hook(_m, _inp, out):
         nonlocal total
-        total += bn_ops_per_element * (out.numel() // out.shape[0])
+        total += 2 * (out.numel() // out.shape[0])
 
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and bn_ops_per_element:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and seeds_convention:
             handles.append(m.register_forward_hook(bn_hook))
         elif isinstance(m, nn.Conv2d):
             handles.append(m.register_forward_hook(conv_hook))
@@ -78,7 +81,7 @@ def count(model: nn.Module, arch: str) -> dict[str, int]:
         "params": sum(p.numel() for p in model.parameters()),
         "macs": macs,
         "macs_thop": thop_macs(model, size),
-        "macs_seeds": conv_linear_macs(model, size, bn_ops_per_element=2),
+        "macs_seeds": conv_linear_macs(model, size, seeds_convention=True),
         "flops": 2 * macs,
         "input_size": size,
     }

@@ -35,6 +35,8 @@ def group_rates(spec: ArchSpec, rates: str | list[float]) -> dict[str, float]:
     for entry, rate in zip(layout, rates):
         if entry.group is not None and not entry.secondary:
             out[entry.group] = rate
+            for group in entry.also:
+                out[group] = rate
     for i, (entry, rate) in enumerate(zip(layout, rates)):
         if entry.secondary and rate not in (0.0, out[entry.group]):
             log.warning(

@@ -19,16 +19,23 @@ _REGISTRY: dict[str, tuple[str, str, int]] = {
     "resnet44": ("resnet_cifar", "resnet44", 32),
     "resnet56": ("resnet_cifar", "resnet56", 32),
     "resnet110": ("resnet_cifar", "resnet110", 32),
+    "vgg16_bn": ("vgg", "vgg16_bn", 32),
+    "googlenet": ("googlenet", "googlenet", 32),
+    "densenet40": ("densenet", "densenet40", 32),
+    "resnet50": ("resnet_imagenet", "resnet50", 224),
+    "resnet18": ("resnet_imagenet", "resnet18", 224),
 }
 
 ARCHS = tuple(_REGISTRY)
 
 
-def build(arch: str, num_classes: int = 10) -> nn.Module:
+def build(arch: str, num_classes: int | None = None) -> nn.Module:
+    """A freshly initialised ``arch``; ``num_classes`` defaults to its dataset's (10 or 1000)."""
     if arch not in _REGISTRY:
         raise FmpruneError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     module, factory, _ = _REGISTRY[arch]
-    return getattr(importlib.import_module(f".{module}", __name__), factory)(num_classes=num_classes)
+    make = getattr(importlib.import_module(f".{module}", __name__), factory)
+    return make() if num_classes is None else make(num_classes=num_classes)
 
 
 def input_size(arch: str) -> int:

@@ -47,6 +47,7 @@ class RateEntry:
     label: str
     group: str | None
     secondary: bool = False
+    also: tuple[str, ...] = ()  # further groups this entry sets to the same rate (GoogLeNet's 5×5 pair)
 
 
 @dataclass(frozen=True)

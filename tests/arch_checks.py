@@ -1,0 +1,99 @@
+"""Checks every architecture must pass; each architecture's test module calls them."""
+from __future__ import annotations
+
+import copy
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmprune.counting import count
+from fmprune.features import FeatureFile, extract, taps_for
+from fmprune.methods import METHODS, fpfmc, score_groups
+from fmprune.plan import group_rates, keep_counts, kept_from_scores, uniform_rates
+from fmprune.surgery import mask_, pruned_copy
+
+from .conftest import SHARED
+
+PAPER_RESULTS = SHARED / "docs" / "paper_results.csv"
+
+
+def paper_rows(arch: str) -> list[dict]:
+    """Rows of ../shared/docs/paper_results.csv for ``arch``; skips the test when it is absent."""
+    if not PAPER_RESULTS.is_file():
+        import pytest
+
+        pytest.skip(f"needs {PAPER_RESULTS} (the project's shared docs), which is absent here")
+    with open(PAPER_RESULTS, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["arch"] == arch]
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine terms, so that masking mistakes show."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+def random_plan(spec, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    kept = {}
+    for g in spec.prunable_groups():
+        c = spec.groups[g].channels
+        k = int(torch.randint(1, c + 1, (1,), generator=gen))
+        kept[g] = torch.randperm(c, generator=gen)[:k]
+    return kept
+
+
+def assert_pruned_equals_masked(model: torch.nn.Module, x: torch.Tensor, plans: int = 2) -> None:
+    model = randomize_bn(model)
+    for seed in range(plans):
+        kept = random_plan(model.channel_spec(), seed)
+        pruned, masked = pruned_copy(model, kept), mask_(copy.deepcopy(model), kept)
+        with torch.no_grad():
+            a, b = pruned(x), masked(x)
+        tol = 1e-4 * max(1.0, b.abs().max().item())
+        assert torch.allclose(a, b, rtol=1e-4, atol=tol), (a - b).abs().max()
+
+
+def sizes_for_rates(model: torch.nn.Module, arch: str, rates: str) -> dict:
+    """Params and MACs of ``arch`` pruned by a rate list (which channels does not matter)."""
+    spec = model.channel_spec()
+    kept = {g: torch.arange(k) for g, k in keep_counts(spec, group_rates(spec, rates)).items()}
+    return count(pruned_copy(model, kept), arch)
+
+
+def assert_every_method_runs(model: torch.nn.Module, x: torch.Tensor, tmp_path: Path) -> None:
+    """Extraction, every method's scores and a pruned forward pass, on a few inputs."""
+    spec = model.channel_spec()
+    model.eval()
+    taps = taps_for(spec, {"act", "conv"})
+    labels = torch.arange(len(x)) % 2
+    extract(model, [(x, labels)], np.arange(len(x)), taps, tmp_path / "f.h5", {})
+    with FeatureFile(tmp_path / "f.h5") as ff:
+        for method in METHODS:
+            if method == "fpfmc":
+                scores = {}
+                for g, group_taps in spec.taps("act").items():
+                    ri = 0
+                    for tap in group_taps:
+                        maps = torch.cat(list(ff.batches(tap, channels=spec.groups[g].tap_slices.get(tap)))).numpy()
+                        coords, inlier = fpfmc.embed(maps, workers=1)
+                        k, _ = fpfmc.select_k(coords, inlier, workers=1)
+                        ri = ri + fpfmc.redundancy_index(fpfmc.cluster(coords, inlier, max(k, 1)))
+                    scores[g] = fpfmc.channel_scores_from_ri(ri)
+            else:
+                scores = score_groups(method, spec, model, ff, {"images": len(x)} if method == "rgd" else {}).scores
+            assert set(scores) == set(spec.prunable_groups()), method
+            for g, s in scores.items():
+                assert len(s) == spec.groups[g].channels and np.all(np.isfinite(s)), (method, g)
+            kept = kept_from_scores(spec, scores, uniform_rates(spec, 0.5))
+            with torch.no_grad():
+                out = pruned_copy(model, {g: torch.tensor(k) for g, k in kept.items()})(x)
+            assert out.shape[0] == len(x) and torch.isfinite(out).all(), method
