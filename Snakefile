@@ -10,7 +10,7 @@ if not config:
     configfile: "config.yaml"
 
 try:
-    config = validate(config)
+    config = validate(config, strict=False)  # a missing dataset root only warns here (see fmprune.config)
 except ConfigError as exc:
     sys.exit(f"fmprune: {exc}")
 

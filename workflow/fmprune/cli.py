@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--baselines", nargs="*", type=Path, default=[])
     t.add_argument("--csv", required=True, type=Path)
     t.add_argument("--md", required=True, type=Path)
+    pt = sub.add_parser("paper-table", help="the published rows beside this config's results (nothing needs to have run)")
+    pt.add_argument("--config", nargs="+", required=True, type=Path)
+    pt.add_argument("--paper", type=Path, help="published figures (default: workflow/resources/paper_results.csv)")
+    pt.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: results)")
+    pt.add_argument("--csv", required=True, type=Path)
+    pt.add_argument("--md", required=True, type=Path)
     return p
 
 
@@ -71,17 +77,46 @@ def _count(args) -> dict:
     return {"arch": args.arch, **count(net, args.arch)}
 
 
+def _relaunch_distributed(cfg: dict, model: str, command: str, argv: list[str], plan: str | None = None) -> None:
+    """A training step whose recipe says ``gpus: N`` (N > 1) replaces this process by
+    ``torchrun --standalone --nproc_per_node N -m fmprune.cli <the same arguments>`` (one node,
+    N processes: DistributedDataParallel over N GPUs with nccl, or N CPU processes with gloo).
+    torchrun also forwards SIGUSR1 (SLURM's warning signal) to the workers, not only SIGTERM."""
+    import os
+
+    m = cfg["models"][model]
+    if command == "baseline" and m.get("checkpoint"):
+        return
+    from .config import finetune_recipe
+
+    recipe = finetune_recipe(cfg, model, plan) if command == "finetune" else m["baseline_recipe"]
+    n = cfg["recipes"][recipe].get("gpus", 1)
+    if n <= 1 or "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    env = dict(os.environ, TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "fmprune.cli", *argv]
+    print(f"fmprune: {command} on {n} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    os.execve(sys.executable, cmd, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="fmprune: %(levelname)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    from .train import Preempted
+
     try:
-        return _run(args)
+        return _run(args, argv)
     except FmpruneError as exc:
         print(f"fmprune: error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:  # checkpoint written: a retry (Snakemake's retries) resumes from it
+        print(f"fmprune: {exc}", file=sys.stderr)
+        return exc.code
 
 
-def _run(args) -> int:
+def _run(args, argv: list[str]) -> int:
     from . import config as cfglib
     from . import pipeline
 
@@ -93,13 +128,21 @@ def _run(args) -> int:
 
         tables.write(tables.summary(args.acc, args.baselines), args.csv, args.md)
         return 0
-    cfg = cfglib.load(args.config)
+    cfg = cfglib.load(args.config, strict=args.command == "validate")  # jobs: a missing data root fails on reading
     if args.command == "validate":
         print(json.dumps(cfg, indent=2))
+        return 0
+    if args.command == "paper-table":
+        from . import tables
+
+        paper = args.paper or tables.PAPER_RESULTS
+        tables.write_paper(tables.paper_table(cfg, paper, args.results), args.csv, args.md)
         return 0
     if args.model not in cfg["models"]:
         raise FmpruneError(f"no model named {args.model!r} under models: in {', '.join(map(str, args.config))}")
     m = args.model
+    if args.command in ("baseline", "finetune"):
+        _relaunch_distributed(cfg, m, args.command, argv, getattr(args, "plan", None))
     if args.command == "baseline":
         pipeline.baseline(cfg, m, args.out, args.workdir)
     elif args.command == "evaluate":

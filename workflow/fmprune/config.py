@@ -6,6 +6,7 @@ Every problem becomes one line naming the config key, e.g.
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import jsonschema
@@ -42,8 +43,13 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def validate(cfg: dict) -> dict:
-    """Return a validated copy of ``cfg`` with defaults filled in; raise ConfigError otherwise."""
+def validate(cfg: dict, strict: bool = True) -> dict:
+    """Return a validated copy of ``cfg`` with defaults filled in; raise ConfigError otherwise.
+
+    ``strict=False`` (Snakemake's parse, jobs, tables) only warns, in one line, about a dataset
+    root that does not exist on this machine (e.g. an ImageNet placeholder): the jobs that read
+    the data then fail with the data loader's one-line error. ``fmprune validate`` is strict.
+    """
     cfg = copy.deepcopy(cfg)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
@@ -51,11 +57,11 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"config error at {_where(error.absolute_path)}: {error.message}")
     # Defaults of nested objects that were created by a default themselves.
     validator.validate(cfg)
-    _check_references(cfg)
+    _check_references(cfg, strict)
     return cfg
 
 
-def _check_references(cfg: dict) -> None:
+def _check_references(cfg: dict, strict: bool = True) -> None:
     from .methods import METHODS, check_params
     from .models import ARCHS
 
@@ -70,6 +76,7 @@ def _check_references(cfg: dict) -> None:
             check_params(method, params)
         except FmpruneError as exc:
             raise ConfigError(f"config error at method_params.{method}: {exc}") from None
+    warned: set[str] = set()
     for name, model in cfg["models"].items():
         where = f"models.{name}"
         if model["arch"] not in ARCHS:
@@ -81,7 +88,16 @@ def _check_references(cfg: dict) -> None:
         for method in model.get("methods", []):
             if method not in METHODS:
                 raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}")
-        recipes = ["finetune_recipe"] + ([] if "checkpoint" in model else ["baseline_recipe"])
+        for plan_name, plan in model["plans"].items():
+            for method in plan.get("methods", []):
+                if method not in model.get("methods", cfg["methods"]):
+                    raise ConfigError(f"config error at {where}.plans.{plan_name}.methods: {method!r} is not one of "
+                                      f"the model's methods ({', '.join(model.get('methods', cfg['methods']))})")
+            if "recipe" in plan and plan["recipe"] not in cfg["recipes"]:
+                raise ConfigError(f"config error at {where}.plans.{plan_name}.recipe: no recipe named {plan['recipe']!r} under recipes")
+        # the model's finetune_recipe is needed only by plans without a recipe of their own
+        recipes = (["finetune_recipe"] if any("recipe" not in p for p in model["plans"].values()) else [])
+        recipes += [] if "checkpoint" in model else ["baseline_recipe"]
         for key in recipes:
             if model[key] not in cfg["recipes"]:
                 raise ConfigError(f"config error at {where}.{key}: no recipe named {model[key]!r} under recipes")
@@ -95,7 +111,13 @@ def _check_references(cfg: dict) -> None:
         if ds["kind"] != "digits" and "root" in ds:
             root = Path(ds["root"]).expanduser()
             if not root.exists() and not ds.get("archive") and not ds.get("download"):
-                raise ConfigError(f"config error at datasets.{model['dataset']}.root: {root} does not exist")
+                message = f"config error at datasets.{model['dataset']}.root: {root} does not exist"
+                if strict:
+                    raise ConfigError(message)
+                if model["dataset"] not in warned:
+                    warned.add(model["dataset"])
+                    logging.getLogger("fmprune").warning(
+                        "datasets.%s.root: %s does not exist on this machine; jobs that read it will fail", model["dataset"], root)
 
 
 def _check_plans(where: str, model: dict, methods: list[str]) -> None:
@@ -110,15 +132,19 @@ def _check_plans(where: str, model: dict, methods: list[str]) -> None:
                     group_rates(spec, plan[key])
                 except FmpruneError as exc:
                     raise ConfigError(f"config error at {where}.plans.{plan_name}.{key}: {exc}") from None
-        for method in model.get("methods", methods):
-            if plan_name == model["default_plan"] and not plan_applies(method, plan):
-                raise ConfigError(f"config error at {where}.default_plan: plan {plan_name!r} does not apply to method {method}")
+        applies = [m for m in model.get("methods", methods) if plan_applies(m, plan)]
+        if plan_name == model["default_plan"] and "methods" not in plan:
+            for method in model.get("methods", methods):
+                if method not in applies:
+                    raise ConfigError(f"config error at {where}.default_plan: plan {plan_name!r} does not apply to method {method}")
+        if not applies:
+            raise ConfigError(f"config error at {where}.plans.{plan_name}: the plan applies to none of the model's methods")
         if "shape" in plan and not ({"target_macs", "target_reduction"} & set(plan)):
             raise ConfigError(f"config error at {where}.plans.{plan_name}.shape: a shape needs target_macs or target_reduction")
 
 
-def load(paths: list[str | Path]) -> dict:
-    """Merge YAML files (later ones override top-level keys) and validate."""
+def load(paths: list[str | Path], strict: bool = True) -> dict:
+    """Merge YAML files (later ones override top-level keys) and validate (see :func:`validate`)."""
     merged: dict = {}
     for p in paths:
         p = Path(p)
@@ -129,11 +155,17 @@ def load(paths: list[str | Path]) -> dict:
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
         merged.update(data)
-    return validate(merged)
+    return validate(merged, strict)
 
 
 def model_methods(cfg: dict, model: str) -> list[str]:
     return cfg["models"][model].get("methods", cfg["methods"])
+
+
+def finetune_recipe(cfg: dict, model: str, plan: str) -> str:
+    """Name of the fine-tuning recipe of one operating point: the plan's ``recipe``, else the model's."""
+    m = cfg["models"][model]
+    return m["plans"][plan].get("recipe", m["finetune_recipe"])
 
 
 def normalization(cfg: dict, model: str) -> dict:

@@ -43,23 +43,48 @@ class TensorSplit:
         return len(self.labels)
 
     def batches(self, indices, batch_size: int, norm: Normalization, augment: bool = False,
-                generator: torch.Generator | None = None, device="cpu"):
+                generator: torch.Generator | None = None, device="cpu", shard: tuple[int, int] | None = None):
+        """Batches of ``indices`` in order. With ``shard=(rank, world)`` each batch of ``batch_size``
+        is cut into ``world`` contiguous parts and only part ``rank`` is yielded (empty parts are
+        skipped); the augmentation draws are made for the whole batch, so the union of the parts
+        is exactly the batch a single process sees."""
         indices = torch.as_tensor(indices, dtype=torch.long)
         for start in range(0, len(indices), batch_size):
             idx = indices[start : start + batch_size]
+            draws = _crop_flip_draws(len(idx), generator) if augment else None
+            part = slice(None) if shard is None else shard_slice(len(idx), *shard)
+            idx = idx[part]
+            if len(idx) == 0:
+                continue
             x = self.images[idx].to(device, non_blocking=True).float().div_(255)
             if augment:
-                x = _crop_flip(x, generator)
+                x = _crop_flip(x, *(d[part] for d in draws))
             yield norm.apply(x), self.labels[idx].to(device, non_blocking=True)
 
 
-def _crop_flip(x: torch.Tensor, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding, and a random horizontal flip, per image."""
-    n, _, h, w = x.shape
+def shard_slice(n: int, rank: int, world: int) -> slice:
+    """Part ``rank`` of ``world`` contiguous, near-equal parts of ``range(n)`` (numpy's array_split)."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def _crop_flip_draws(n: int, generator: torch.Generator | None, pad: int = 4):
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
+    return offsets, flips
+
+
+def _crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, and a random horizontal flip, per image (draws given)."""
+    n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    out = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+    # One gather for the whole batch (no per-image loop): rows/cols of each image's window.
+    offsets = offsets.to(x.device)
+    rows = (offsets[:, 0, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (offsets[:, 1, None] + torch.arange(w, device=x.device))[:, None, :]
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
+    flips = flips.to(x.device)
     out[flips] = out[flips].flip(3)
     return out
 
@@ -79,7 +104,7 @@ class FolderSplit:
         return len(self.labels)
 
     def batches(self, indices, batch_size: int, norm: Normalization, augment: bool = False,
-                generator: torch.Generator | None = None, device="cpu"):
+                generator: torch.Generator | None = None, device="cpu", shard: tuple[int, int] | None = None):
         from torchvision import transforms as T
 
         size = self.resolution
@@ -89,10 +114,13 @@ class FolderSplit:
             else [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
         )
         self.dataset.transform = T.Compose(tf + [T.ToTensor(), T.Normalize(norm.mean, norm.std)])
-        subset = torch.utils.data.Subset(self.dataset, list(map(int, indices)))
+        indices = [int(i) for i in indices]
+        parts = [indices[s : s + batch_size] for s in range(0, len(indices), batch_size)]
+        if shard is not None:
+            parts = [p[shard_slice(len(p), *shard)] for p in parts]
         loader = torch.utils.data.DataLoader(
-            subset, batch_size=batch_size, num_workers=self.workers, pin_memory=str(device) != "cpu",
-            generator=generator,
+            self.dataset, batch_sampler=[p for p in parts if p], num_workers=self.workers,
+            pin_memory=str(device) != "cpu", generator=generator,
         )
         for x, y in loader:
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -15,12 +15,13 @@ from . import config as cfglib
 from . import data as datalib
 from .counting import count
 from .features import FeatureFile, extract, indices_sha256, sample_indices, taps_for
+from .latency import measure as measure_latency
 from .io import atomic_path, atomic_write_json, check_sha256, download, sha256_file, sha256_json
 from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
-from .models import build
+from .models import build, input_size
 from .plan import NATIVE_FORMS, group_rates, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
 from .surgery import load_pruned, prune_, save_pruned
-from .train import evaluate, fit, resolve_device
+from .train import evaluate, fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
 
 log = logging.getLogger("fmprune")
 
@@ -72,10 +73,12 @@ def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
         torch.manual_seed(0)  # the initialisation is part of the baseline's recipe
         net = build(m["arch"], data.num_classes)
         recipe = cfg["recipes"][m["baseline_recipe"]]
-        device = resolve_device(cfg["device"])
+        device = setup_distributed(cfg["device"])  # joins the process group under torchrun
         summary = fit(net, data, recipe, seed=0, workdir=workdir, device=device, log_csv=workdir / "log.csv")
         extra["source"] = {"trained": m["baseline_recipe"], "recipe": recipe, **summary}
-    save_pruned(out, net.cpu(), m["arch"], data.num_classes, **extra)
+    if is_main_process():  # under torchrun, rank 0 writes the outputs
+        save_pruned(out, net.cpu(), m["arch"], data.num_classes, **extra)
+    teardown_distributed()
 
 
 def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path) -> dict:
@@ -84,7 +87,9 @@ def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path) -> dict:
     data = _dataset(cfg, model)
     net = load_pruned(model_file)
     result = {"model": model, "arch": m["arch"], **count(net, m["arch"])}
-    result.update(evaluate(net, data.test, data.norm, resolve_device(cfg["device"])))
+    device = resolve_device(cfg["device"])
+    result.update(evaluate(net, data.test, data.norm, device))
+    result.update(measure_latency(net, input_size(m["arch"]), device))
     result["model_sha256"] = sha256_file(model_file)
     atomic_write_json(out, result)
     return result
@@ -259,15 +264,20 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(pruned_file)
-    recipe = cfg["recipes"][m["finetune_recipe"]]
-    device = resolve_device(cfg["device"])
+    recipe_name = cfglib.finetune_recipe(cfg, model, plan)
+    recipe = cfg["recipes"][recipe_name]
+    device = setup_distributed(cfg["device"])  # joins the process group under torchrun
     summary = fit(net, data, recipe, seed, out_dir, device, out_dir / "log.csv")
+    if not is_main_process():  # under torchrun, rank 0 writes the outputs
+        teardown_distributed()
+        return
     if summary["epochs_run"] == 0:
         before = json.loads(Path(pruned_report).read_text())
         summary.update({"top1": before["top1"], "top5": before["top5"], "top1_best": before["top1"], "best_epoch": 0})
     meta = dict(net.meta)
     save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
                 **{k: v for k, v in meta.items() if k != "kept"})
+    speed = measure_latency(net, input_size(m["arch"]), device)  # on the device it was fine-tuned on
     pruned, base = json.loads(Path(pruned_report).read_text()), json.loads(Path(baseline_report).read_text())
     sample = None
     if features is not None:
@@ -275,16 +285,18 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
             sample = ff.attrs["sample_sha256"]
     acc = {
         "model": model, "arch": m["arch"], "method": method, "plan": plan, "plan_definition": m["plans"][plan],
-        "seed": seed, "epochs": recipe["epochs"], "recipe": m["finetune_recipe"], **summary,
+        "seed": seed, "epochs": recipe["epochs"], "recipe": recipe_name, **summary, **speed,
         "top1_before_finetune": pruned["top1"],
         "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
-        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", "top1", "top5") if k in base}
+        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", "top1", "top5",
+                                          "latency_ms_b1", "throughput_ips", "latency_device") if k in base}
         | ({"top1_flagged": base["top1_flagged"]} if "top1_flagged" in base else {}),
         "params_reduction_pct": 100.0 * (1 - pruned["params"] / base["params"]),
         "macs_reduction_pct": 100.0 * (1 - pruned["macs"] / base["macs"]),
         "provenance": provenance(cfg, model, method, plan, sample),
     }
     atomic_write_json(out_dir / "acc.json", acc)
+    teardown_distributed()
 
 
 def provenance(cfg: dict, model: str, method: str, plan: str, sample_sha256: str | None) -> dict:
@@ -296,7 +308,7 @@ def provenance(cfg: dict, model: str, method: str, plan: str, sample_sha256: str
     m = cfg["models"][model]
     resolved = {"model": m, "dataset": cfg["datasets"][m["dataset"]], "features": cfg["features"],
                 "method_params": cfg["method_params"].get(method, {}), "plan": m["plans"][plan],
-                "recipe": cfg["recipes"][m["finetune_recipe"]]}
+                "recipe": cfg["recipes"][cfglib.finetune_recipe(cfg, model, plan)]}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=True).stdout.strip()

@@ -150,5 +150,11 @@ def shaped_rates(spec: ArchSpec, shape: dict[str, float] | None, scale: float) -
 
 
 def plan_applies(method: str, plan_cfg: dict) -> bool:
-    """A native plan form (CDP's sparsity, RGD's threshold) applies to its own method only."""
+    """Whether ``method`` runs this operating point: the one place that decides.
+
+    A native plan form (CDP's sparsity, RGD's threshold) applies to its own method only, and a
+    plan's ``methods:`` list (e.g. a paper row: one seed's method) restricts it to those methods.
+    """
+    if "methods" in plan_cfg and method not in plan_cfg["methods"]:
+        return False
     return all(form not in plan_cfg or owner == method for owner, form in NATIVE_FORMS.items())

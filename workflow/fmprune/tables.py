@@ -9,7 +9,8 @@ import pandas as pd
 from .io import atomic_write_text
 
 COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_flagged",
-           "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs"]
+           "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
+           "latency_ms_b1", "throughput_ips"]
 
 
 def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
@@ -19,7 +20,8 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
         b = json.loads(Path(path).read_text())
         rows.append({"model": b["model"], "method": "baseline", "plan": "", "seeds": "", "top1": round(b["top1"], 2),
                      "top1_flagged": round(b["top1_flagged"], 2) if "top1_flagged" in b else None, "params": b["params"], "params_reduction_pct": 0.0,
-                     "macs": b["macs"], "macs_reduction_pct": 0.0, "macs_thop": b["macs_thop"]})
+                     "macs": b["macs"], "macs_reduction_pct": 0.0, "macs_thop": b["macs_thop"],
+                     **_speed(b)})
     runs = pd.DataFrame([json.loads(Path(p).read_text()) for p in acc_files])
     if len(runs):
         for (model, method, plan), g in runs.groupby(["model", "method", "plan"], sort=False):
@@ -29,8 +31,15 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
                     row[col] = _mean_std(g[col].dropna())
             for col in ("params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop"):
                 row[col] = g[col].iloc[0]
+            for col in ("latency_ms_b1", "throughput_ips"):  # median over seeds (same architecture)
+                if col in g and g[col].notna().any():
+                    row[col] = round(float(g[col].dropna().median()), 2)
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS).dropna(axis=1, how="all")
+
+
+def _speed(report: dict) -> dict:
+    return {k: round(report[k], 2) for k in ("latency_ms_b1", "throughput_ips") if k in report}
 
 
 def _mean_std(values: pd.Series) -> str | float:
@@ -49,3 +58,244 @@ def write(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
         if col in shown:
             shown[col] = shown[col].map(lambda v: f"{v:.1f}%")
     atomic_write_text(md_path, shown.to_markdown(index=False, missingval="") + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper table: every published row of paper_results.csv that matches one of the config's
+# models (arch) and plans (method + plan string), the paper's figures next to ours.
+
+PAPER_RESULTS = Path(__file__).resolve().parent.parent / "resources" / "paper_results.csv"
+
+PAPER_COLUMNS = [
+    "seed", "arch", "method", "paper_plan", "model", "plan", "status",
+    "paper_params_m", "params_m", "d_params_m", "paper_params_red_pct", "params_red_pct",
+    "paper_macs_m", "macs_m", "d_macs_m", "paper_macs_red_pct", "macs_red_pct", "macs_convention",
+    "paper_top1", "top1", "top1_best", "d_top1", "paper_top5", "top5", "seeds_done",
+    "latency_ms_b1", "throughput_ips", "note",
+]
+NEEDS_RUN = "needs baseline + features"
+_ERROR_MARKS = ("fmprune: error", "Traceback (most recent call last)")
+
+
+def read_paper(path: Path) -> pd.DataFrame:
+    """Published rows; rows without any figure (DCT's u2netp/DUTS) are dropped."""
+    df = pd.read_csv(path, dtype={"plan": str}, keep_default_na=False)
+    figures = ["params_m", "params_red_pct", "macs_m", "macs_red_pct", "top1", "top5"]
+    for col in figures + ["baseline_top1"]:
+        df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
+    return df[df[figures].notna().any(axis=1)].reset_index(drop=True)
+
+
+def plan_matches(row, plan_cfg: dict) -> bool:
+    """A config plan is a published row's operating point: same rate list (parsed), same
+    threshold, or a MACs target equal to the published MACs."""
+    from .ratelist import parse_rates
+
+    kind = row["plan_kind"]
+    if kind == "rates":
+        return "rates" in plan_cfg and parse_rates(plan_cfg["rates"]) == parse_rates(row["plan"])
+    if kind == "threshold":
+        return "threshold" in plan_cfg and abs(plan_cfg["threshold"] - float(row["plan"])) < 1e-9
+    if kind == "macs":
+        return "target_macs" in plan_cfg and plan_cfg["target_macs"] == round(float(row["macs_m"]) * 1e6)
+    return False
+
+
+def macs_convention(row) -> str:
+    """Which of our counts holds against the published MACs (METHODS.md, "Counting cost"):
+    conv + linear for baselines and CDP, the seeds' older-thop count for their pruned rows."""
+    return "macs" if row["method"] in ("baseline", "cdp") else "macs_seeds"
+
+
+def _matches(cfg: dict, paper: pd.DataFrame):
+    """(paper row, model, plan or None) for each published row and each model of its arch;
+    plan None: a baseline row, or no plan of the config matches (model None: no model)."""
+    from .plan import plan_applies
+
+    for _, row in paper.iterrows():
+        models = [name for name, m in cfg["models"].items() if m["arch"] == row["arch"]]
+        if not models:
+            continue
+        for name in models:
+            m = cfg["models"][name]
+            if row["method"] == "baseline":
+                yield row, name, None
+                continue
+            plans = [p for p, pc in m["plans"].items()
+                     if row["method"] in m.get("methods", cfg["methods"]) and plan_applies(row["method"], pc)
+                     and plan_matches(row, pc)]
+            if not plans:
+                yield row, name, ""
+            for plan in plans:
+                yield row, name, plan
+
+
+def _run_files(cfg: dict, results: Path, model: str, method: str | None, plan: str | None) -> dict:
+    """The files a row's figures and status come from, whether they exist or not."""
+    base = results / model
+    files = {"baseline_acc": base / "baseline" / "acc.json",
+             "logs": [base / "baseline" / "baseline.log", base / "baseline" / "evaluate.log"]}
+    if method is None or not plan:
+        files["acc"] = []
+        return files
+    run = base / method / plan
+    files["plan"] = run / "plan.json"
+    files["acc"] = [run / f"seed{s}" / "acc.json" for s in cfg["seeds"]]
+    files["logs"] += [base / "features.log", base / "scores" / f"{method}.log", run / "plan.log", run / "prune.log"]
+    if method == "fpfmc":
+        files["logs"] += [base / "fpfmc" / f"{x}.log" for x in ("kselect", "cluster", "sort")]
+    files["logs"] += [run / f"seed{s}" / "finetune.log" for s in cfg["seeds"]]
+    return files
+
+
+def paper_state(cfg: dict, paper_path: Path, results: Path) -> str:
+    """A digest of everything the paper table reads (the published CSV, the config's matching
+    plans, and the size and time of every result file and log it looks at, present or not).
+    The rule's params carry it, so Snakemake rebuilds the table exactly when one changes."""
+    from .io import sha256_json
+
+    paper = read_paper(paper_path)
+    state = [Path(paper_path).read_text()]
+    for row, model, plan in _matches(cfg, paper):
+        files = _run_files(cfg, results, model, None if row["method"] == "baseline" else row["method"], plan)
+        paths = [files["baseline_acc"], files.get("plan"), *files["acc"], *files["logs"]]
+        state.append([model, plan, cfg["models"][model]["plans"].get(plan) if plan else None])
+        for p in paths:
+            if p is not None and p.exists():
+                st = p.stat()
+                state.append([str(p), st.st_mtime_ns, st.st_size])
+    return sha256_json(state)[:16]
+
+
+_SIZE_CACHE: dict = {}
+
+
+def _sizes(arch: str, kept: dict[str, int | list[int]]) -> dict[str, int]:
+    """params, macs and macs_seeds of ``arch`` pruned to ``kept`` (a count keeps the first channels)."""
+    import torch
+
+    from .counting import conv_linear_macs
+    from .models import build, input_size
+    from .surgery import prune_
+
+    key = (arch, tuple(sorted((g, k if isinstance(k, int) else tuple(k)) for g, k in kept.items())))
+    if key not in _SIZE_CACHE:
+        net = build(arch)
+        if kept:
+            prune_(net, {g: torch.arange(k) if isinstance(k, int) else torch.tensor(k) for g, k in kept.items()})
+        size = input_size(arch)
+        _SIZE_CACHE[key] = {"params": sum(p.numel() for p in net.parameters()),
+                            "macs": conv_linear_macs(net, size),
+                            "macs_seeds": conv_linear_macs(net, size, seeds_convention=True)}
+    return _SIZE_CACHE[key]
+
+
+def _planned_sizes(arch: str, plan_cfg: dict, plan_file: Path | None) -> dict | None:
+    """Sizes of an operating point without training: a rate list (or uniform rate) from the plan
+    alone; a threshold / sparsity / MACs target only from its plan.json (None until it exists)."""
+    from .models import build
+    from .plan import group_rates, keep_counts, uniform_rates
+
+    if "rates" in plan_cfg or "uniform" in plan_cfg:
+        spec = build(arch).channel_spec()
+        rates = group_rates(spec, plan_cfg["rates"]) if "rates" in plan_cfg else uniform_rates(spec, plan_cfg["uniform"])
+        return _sizes(arch, keep_counts(spec, rates))
+    if plan_file is not None and plan_file.is_file():
+        return _sizes(arch, json.loads(plan_file.read_text())["kept"])
+    return None
+
+
+def _log_error(logs: list[Path]) -> Path | None:
+    for log in logs:
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            if any(mark in text for mark in _ERROR_MARKS):
+                return log
+    return None
+
+
+def _num(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _diff(ours, paper, digits: int = 2):
+    return None if ours is None or paper is None else round(ours - paper, digits)
+
+
+def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Path("results")) -> pd.DataFrame:
+    """One row per published row of ``paper_path`` matching the config's models (by arch) and
+    plans (by method + plan string): the paper's params / MACs / top-1 (top-5) next to ours.
+
+    Ours: params (BN included) and MACs in the convention of the paper's figure (column
+    ``macs_convention``); sizes of rate-list rows come from the plan alone (nothing needs to have
+    run), those of threshold / MACs-target rows from their plan.json. Accuracy is the mean over
+    the config's seeds of the final-epoch (``top1``) and best-epoch (``top1_best``) top-1;
+    ``d_top1`` = top1_best − the paper's (which report the best epoch). Status: done, partial
+    k/n, failed (the first log along the chain with an error, no acc.json), not run, or
+    "not in config" when the model has no plan for a published row.
+    """
+    results = Path(results)
+    paper = read_paper(paper_path)
+    rows = []
+    for row, model, plan in _matches(cfg, paper):
+        arch, method = row["arch"], row["method"]
+        is_base = method == "baseline"
+        conv = macs_convention(row)
+        files = _run_files(cfg, results, model, None if is_base else method, plan)
+        out = {"seed": row["seed"], "arch": arch, "method": method,
+               "paper_plan": row["plan"] if row["plan_kind"] != "macs" else f"{row['macs_m']:g}M MACs",
+               "model": model, "plan": plan or "", "macs_convention": conv, "note": row["note"],
+               "paper_params_m": _num(row["params_m"]), "paper_params_red_pct": _num(row["params_red_pct"]),
+               "paper_macs_m": _num(row["macs_m"]), "paper_macs_red_pct": _num(row["macs_red_pct"]),
+               "paper_top1": _num(row["top1"]), "paper_top5": _num(row["top5"])}
+        if plan == "":
+            out["status"] = "not in config"
+            rows.append(out)
+            continue
+        full = _sizes(arch, {})
+        sizes = full if is_base else _planned_sizes(arch, cfg["models"][model]["plans"][plan], files.get("plan"))
+        if sizes is None:
+            out["params_m"] = NEEDS_RUN
+        else:
+            out["params_m"] = round(sizes["params"] / 1e6, 3)
+            out["macs_m"] = round(sizes[conv] / 1e6, 2)
+            out["params_red_pct"] = round(100 * (1 - sizes["params"] / full["params"]), 1)
+            out["macs_red_pct"] = round(100 * (1 - sizes[conv] / full[conv]), 1)
+            out["d_params_m"] = _diff(out["params_m"], out["paper_params_m"], 3)
+            out["d_macs_m"] = _diff(out["macs_m"], out["paper_macs_m"])
+        reports = [json.loads(p.read_text()) for p in ([files["baseline_acc"]] if is_base else files["acc"]) if p.is_file()]
+        n = 1 if is_base else len(files["acc"])
+        if reports:
+            frame = pd.DataFrame(reports)
+
+            def mean(col):
+                return round(float(frame[col].mean()), 2) if col in frame and frame[col].notna().any() else None
+
+            out.update(top1=mean("top1"), top1_best=None if is_base else mean("top1_best"),
+                       latency_ms_b1=mean("latency_ms_b1"), throughput_ips=mean("throughput_ips"))
+            if arch in ("resnet50", "resnet18") or out["paper_top5"] is not None:
+                out["top5"] = mean("top5")
+            out["d_top1"] = _diff(out["top1"] if is_base else out["top1_best"], out["paper_top1"])
+        out["seeds_done"] = f"{len(reports)}/{n}"
+        failed = _log_error(files["logs"]) if len(reports) < n else None
+        if len(reports) == n:
+            out["status"] = "done"
+        elif reports:
+            out["status"] = f"partial {len(reports)}/{n}" + (f", failed ({failed})" if failed else "")
+        else:
+            out["status"] = f"failed ({failed})" if failed else "not run"
+        rows.append(out)
+    return pd.DataFrame(rows, columns=PAPER_COLUMNS)
+
+
+def write_paper(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    optional = ["paper_top5", "top5", "latency_ms_b1", "throughput_ips"]  # shown when some row has them
+    shown = df.drop(columns=["note"] + [c for c in optional if df[c].isna().all()]).rename(columns={"macs_convention": "macs_conv"})
+    shown = shown.astype(object).where(shown.notna(), None)
+    legend = ("Paper figures beside ours. params_m: millions, BatchNorm included; macs_m: millions, "
+              "in the convention of the paper's figure (macs_conv: `macs` = conv + linear, "
+              "`macs_seeds` = + 2 per BN element + 1 per conv-bias output, the seeds' older thop); "
+              "d_* = ours − paper; top1 = final epoch, top1_best = best epoch (mean over seeds); "
+              f"sizes of threshold / MACs-target rows read \"{NEEDS_RUN}\" until their plan.json exists.\n\n")
+    atomic_write_text(md_path, legend + shown.to_markdown(index=False, missingval="") + "\n")

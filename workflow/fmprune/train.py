@@ -1,15 +1,33 @@
-"""Evaluation and resumable SGD fine-tuning.
+"""Evaluation and resumable SGD fine-tuning, on one process or several (torch.distributed).
 
 Every epoch ends with an atomic checkpoint (model, optimizer, scheduler, RNG states, history);
 a restarted run continues from it. Batch order and augmentation come from a generator seeded
 by (seed, epoch), so an interrupted and resumed run sees exactly the batches an uninterrupted
 one would.
+
+Preemption: SIGTERM (SLURM's time limit or preemption) and SIGUSR1 (the warning signal of
+``sbatch --signal``) set a flag that is checked after every batch. On it, the run writes a
+mid-epoch checkpoint that also holds its position in the epoch (batches done, the epoch
+generator's state, the partial sums), and exits with status 75 (``PREEMPTED_EXIT``, EX_TEMPFAIL)
+so that Snakemake's ``retries`` resubmit it; the retry resumes exactly where it stopped.
+
+Several processes (``torchrun --nproc_per_node N``; ``WORLD_SIZE`` > 1): the model is wrapped
+in DistributedDataParallel (nccl on CUDA, gloo on CPU). Every rank draws the same
+(seed, epoch) order and takes its contiguous part of each global batch of ``batch_size``
+(per-rank batch = batch_size / world), and the loss is scaled so that the averaged gradient is
+the gradient of the whole batch: the same optimisation as one process, up to floating-point
+reduction order and BatchNorm, whose batch statistics are per process unless the recipe asks
+for ``sync_bn`` (SyncBatchNorm, CUDA only). Evaluation is sharded and all-reduced; only rank 0
+writes checkpoints, logs and outputs, the others wait at a barrier.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +35,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Data, Normalization
+from .data import Data, Normalization, shard_slice
 from .io import atomic_path, atomic_torch_save
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later"; the retry resumes from the checkpoint
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(SystemExit):
+    """Raised after a stop signal, once the checkpoint is written; exits with PREEMPTED_EXIT."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(PREEMPTED_EXIT)
+        self.signum, self.where = signum, where
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name} {self.where}; exit status {PREEMPTED_EXIT}"
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
@@ -27,29 +59,90 @@ def resolve_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without an initialised process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def setup_distributed(preference: str = "auto") -> torch.device:
+    """The training device; under torchrun (WORLD_SIZE > 1) also joins the process group:
+    nccl with one GPU per process (cuda:LOCAL_RANK), gloo on CPU."""
+    import torch.distributed as dist
+
+    device = resolve_device(preference)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return device
+
+
+def teardown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split, norm: Normalization, device: torch.device,
-             indices=None, batch_size: int = 500) -> dict:
-    """Top-1 and top-5 (in %) over ``indices`` of ``split`` (all by default), plus flagged top-1."""
+             indices=None, batch_size: int = 500, distributed: bool = False) -> dict:
+    """Top-1 and top-5 (in %) over ``indices`` of ``split`` (all by default), plus flagged top-1.
+
+    ``distributed=True`` (every rank must call it): each rank evaluates its part of the
+    indices and the counts are all-reduced, so every rank returns the same figures.
+    """
     model.eval().to(device)
     indices = np.arange(len(split)) if indices is None else np.asarray(indices)
-    correct1 = correct5 = 0
-    hits = []
-    for x, y in split.batches(indices, batch_size, norm, device=device):
+    rank, size = world() if distributed else (0, 1)
+    local = indices[shard_slice(len(indices), rank, size)]
+    flags = getattr(split, "flags", None)
+    # Counts stay on the device (no host sync per batch): top-1, top-5, flagged hits, flagged images.
+    counts = torch.zeros(4, dtype=torch.long, device=device)
+    done = 0
+    for x, y in split.batches(local, batch_size, norm, device=device):
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device):
             logits = model(x)
         top = logits.topk(min(5, logits.shape[1]), 1).indices
         hit1 = top[:, 0] == y
-        correct1 += int(hit1.sum())
-        correct5 += int((top == y[:, None]).any(1).sum())
-        hits.append(hit1.cpu())
+        counts[0] += hit1.sum()
+        counts[1] += (top == y[:, None]).any(1).sum()
+        if flags is not None:
+            flagged = torch.as_tensor(np.asarray(flags)[local[done : done + len(y)]], device=device)
+            counts[2] += (hit1 & flagged).sum()
+            counts[3] += flagged.sum()
+        done += len(y)
+    if size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+    correct1, correct5, flagged_hits, n_flagged = counts.tolist()
     result = {"top1": 100.0 * correct1 / len(indices), "top5": 100.0 * correct5 / len(indices)}
-    flags = getattr(split, "flags", None)
-    if flags is not None:
-        flagged = np.asarray(flags)[indices]
-        if flagged.any():
-            result["top1_flagged"] = 100.0 * float(torch.cat(hits).numpy()[flagged].mean())
-            result["n_flagged"] = int(flagged.sum())
+    if flags is not None and n_flagged:
+        result["top1_flagged"] = 100.0 * (flagged_hits / n_flagged)
+        result["n_flagged"] = int(n_flagged)
     return result
 
 
@@ -76,83 +169,221 @@ def split_indices(n_train: int, recipe: dict, seed: int) -> tuple[np.ndarray, np
     return np.sort(train), val
 
 
+class _StopSignal:
+    """Remembers the first SIGTERM/SIGUSR1; checked by the training loop after every batch."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __call__(self, signum, _frame):
+        if self.signum is None:
+            self.signum = signum
+            print(f"received {signal.Signals(signum).name}: checkpointing after this batch", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, group=None) -> int | None:
+        """The stop signal, agreed on by every rank (one small gloo all-reduce per call when
+        distributed, on the host: no device sync); None to go on."""
+        if world()[1] == 1:
+            return self.signum
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.signum or 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return int(flag) or None
+
+
 def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Path,
         device: torch.device, log_csv: str | Path) -> dict:
     """Fine-tune ``model`` per ``recipe``; resume from ``workdir/checkpoint.pt`` if present.
 
-    Returns the history summary: final and best-epoch accuracies, and the best epoch.
+    Returns the history summary: final and best-epoch accuracies, and the best epoch. Raises
+    ``Preempted`` (a SystemExit with status 75) after SIGTERM/SIGUSR1, once the checkpoint is
+    written. Under torch.distributed every rank calls it; only rank 0 writes files.
     """
+    import torch.distributed as dist
+
     workdir = Path(workdir)
     ckpt_path, best_path = workdir / "checkpoint.pt", workdir / "best.pt"
+    rank, size = world()
+    main = rank == 0
     torch.manual_seed(seed)
     model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # cuDNN's preferred layout for bf16 convolutions
+    sync_bn = bool(recipe.get("sync_bn")) and size > 1
+    if sync_bn and device.type != "cuda":
+        print("sync_bn: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process", flush=True)
+        sync_bn = False
+    if sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
         weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
     )
     scheduler = _scheduler(optimizer, recipe)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+    criterion_sum = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"], reduction="sum")
     train_idx, val_idx = split_indices(len(data.train), recipe, seed)
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, partial = 0, None
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng(state["rng"])
-        history, start_epoch = state["history"], state["epoch"]
-        print(f"resuming from {ckpt_path} after epoch {start_epoch}", flush=True)
+        history, start_epoch, partial = state["history"], state["epoch"], state.get("partial")
+        if main:
+            where = f"in epoch {partial['epoch']} after batch {partial['batch']}" if partial else f"after epoch {start_epoch}"
+            print(f"resuming from {ckpt_path} {where}", flush=True)
+    bs = recipe["batch_size"]
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
-        t0 = time.time()
-        model.train()
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        # Accumulated on the device: no host sync per batch.
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        lr = optimizer.param_groups[0]["lr"]
-        for x, y in data.train.batches(order, recipe["batch_size"], data.norm, augment=recipe["augment"],
-                                       generator=gen, device=device):
-            with _autocast(device):
-                logits = model(x)
-                loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        loss_sum, correct = float(loss_sum), int(correct)
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
-        scheduler.step()
-        test = evaluate(model, data.test, data.norm, device, batch_size=recipe["eval_batch_size"])
-        row = {
-            "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-            "train_top1": 100.0 * correct / max(seen, 1), "test_top1": test["top1"], "test_top5": test["top5"],
-        }
-        if "top1_flagged" in test:
-            row["test_top1_flagged"] = test["top1_flagged"]
-        if len(val_idx):
-            row["val_top1"] = evaluate(model, data.train, data.norm, device, val_idx, recipe["eval_batch_size"])["top1"]
-        row["seconds"] = time.time() - t0
-        history.append(row)
-        key = "val_top1" if len(val_idx) else "test_top1"
-        if row[key] >= max(r[key] for r in history):
-            atomic_torch_save(model.state_dict(), best_path)
-        atomic_torch_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _get_rng(), "history": history, "epoch": epoch},
-            ckpt_path,
-        )
+        if bs < size:
+            raise ValueError(f"batch_size {bs} is smaller than the {size} processes")
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        control = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    else:
+        net, control = model, None
+
+    def checkpoint(epoch_done: int, extra: dict | None = None) -> None:
+        if main:
+            atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": _get_rng(), "history": history, "epoch": epoch_done, **(extra or {})},
+                ckpt_path,
+            )
+
+    with _StopSignal() as stop:
+        for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
+            t0 = time.time()
+            model.train()
+            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+            # Accumulated on the device: no host sync per batch.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            seen, first = 0, 0
+            lr = optimizer.param_groups[0]["lr"]
+            if partial is not None and partial["epoch"] == epoch:  # mid-epoch resume
+                first = partial["batch"]
+                gen.set_state(partial["gen"])
+                if main:  # the partial sums are global; the other ranks start from zero
+                    loss_sum += partial["loss_sum"].to(device)
+                    correct += partial["correct"].to(device)
+                    seen = partial["seen"]
+                t0 -= partial["seconds"]
+                partial = None
+            n_batches = -(-len(order) // bs)
+            batches = data.train.batches(order[first * bs :], bs, data.norm, augment=recipe["augment"],
+                                         generator=gen, device=device, shard=(rank, size) if size > 1 else None)
+            for b in range(first, n_batches):
+                if size == 1:
+                    x, y = next(batches)
+                    weight = 1.0
+                else:
+                    n_global = min(bs, len(order) - b * bs)
+                    part = shard_slice(n_global, rank, size)
+                    if part.stop > part.start:
+                        x, y = next(batches)
+                        weight = size / n_global  # DDP averages over ranks: the whole batch's mean loss
+                    else:  # a last batch smaller than the world: take part with zero weight
+                        x, y = next(data.train.batches(order[:1], 1, data.norm, device=device))
+                        weight = 0.0
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = net(x)
+                    if size == 1:
+                        loss = criterion(logits, y)
+                        batch_loss = loss.detach() * len(y)
+                    else:
+                        summed = criterion_sum(logits, y)
+                        loss = summed * weight
+                        batch_loss = summed.detach()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if weight:
+                    loss_sum += batch_loss
+                    correct += (logits.argmax(1) == y).sum()
+                    seen += len(y)
+                signum = stop.agreed(control)
+                if signum:
+                    sums = [loss_sum.clone(), correct.clone(), torch.tensor(seen, device=device)]
+                    if size > 1:
+                        for t in sums:
+                            dist.all_reduce(t)
+                    checkpoint(epoch - 1, {"partial": {
+                        "epoch": epoch, "batch": b + 1, "gen": gen.get_state(), "loss_sum": sums[0].cpu(),
+                        "correct": sums[1].cpu(), "seen": int(sums[2]), "seconds": time.time() - t0}})
+                    _barrier()
+                    raise Preempted(signum, f"in epoch {epoch} after batch {b + 1}/{n_batches}")
+            if size > 1:
+                totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+                dist.all_reduce(totals)
+                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
+                for buf in model.buffers():  # BatchNorm running statistics: rank 0's, everywhere
+                    dist.broadcast(buf, 0)
+            loss_sum, correct = float(loss_sum), int(correct)
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
+            scheduler.step()
+            test = evaluate(model, data.test, data.norm, device, batch_size=recipe["eval_batch_size"], distributed=True)
+            row = {
+                "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                "train_top1": 100.0 * correct / max(seen, 1), "test_top1": test["top1"], "test_top5": test["top5"],
+            }
+            if "top1_flagged" in test:
+                row["test_top1_flagged"] = test["top1_flagged"]
+            if len(val_idx):
+                row["val_top1"] = evaluate(model, data.train, data.norm, device, val_idx, recipe["eval_batch_size"],
+                                           distributed=True)["top1"]
+            row["seconds"] = time.time() - t0
+            history.append(row)
+            key = "val_top1" if len(val_idx) else "test_top1"
+            if main:
+                if row[key] >= max(r[key] for r in history):
+                    atomic_torch_save(model.state_dict(), best_path)
+                checkpoint(epoch)
+                _write_log(log_csv, history)
+                print(f"epoch {epoch}/{recipe['epochs']}: loss {row['train_loss']:.4f} test top-1 {row['test_top1']:.2f}% "
+                      f"({row['seconds']:.1f}s)", flush=True)
+            _barrier()
+            if epoch < recipe["epochs"]:
+                signum = stop.agreed(control)
+                if signum:
+                    raise Preempted(signum, f"after epoch {epoch}")
+    if sync_bn:
+        _revert_sync_bn(model)
+    if main:
         _write_log(log_csv, history)
-        print(f"epoch {epoch}/{recipe['epochs']}: loss {row['train_loss']:.4f} test top-1 {row['test_top1']:.2f}% "
-              f"({row['seconds']:.1f}s)", flush=True)
-    _write_log(log_csv, history)
+    _barrier()
     return summarize(history, selection="val" if len(val_idx) else "test")
+
+
+def _revert_sync_bn(module: nn.Module) -> None:
+    """Replace SyncBatchNorm layers by BatchNorm2d with the same state (for saving and single-process use)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                child.track_running_stats).to(child.running_mean.device)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            _revert_sync_bn(child)
 
 
 def summarize(history: list[dict], selection: str) -> dict:

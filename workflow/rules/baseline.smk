@@ -13,7 +13,9 @@ rule baseline:
     resources:
         mem_mb=8000,
         runtime=600,
-        gpu=lambda w: 0 if "checkpoint" in config["models"][w.model] else 1,
+        gpu=lambda w: 0 if "checkpoint" in model_cfg(w) else config["recipes"][model_cfg(w)["baseline_recipe"]]["gpus"],
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} baseline --config {CFG} --model {wildcards.model} --out {output} "
         "--workdir results/{wildcards.model}/baseline/train > {log} 2>&1"
@@ -30,5 +32,7 @@ rule evaluate_baseline:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} evaluate --config {CFG} --model {wildcards.model} --model-file {input} --out {output} > {log} 2>&1"

@@ -1,6 +1,9 @@
 # Shared helpers: the resolved config every job reads, wildcard constraints, target lists.
 import json
 import re
+import shlex
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from fmprune.io import atomic_write_text, sha256_json
 from fmprune.methods import METHODS, tap_kind
@@ -10,7 +13,12 @@ from fmprune.plan import plan_applies
 CFG = f"results/.config/{sha256_json(config)[:16]}.json"
 if not Path(CFG).is_file():
     atomic_write_text(CFG, json.dumps(config, indent=2))
-FMPRUNE = f"{sys.executable} -m fmprune.cli"
+# Jobs run this Snakemake's interpreter (the venv); with --sdm conda, the rule's conda environment
+# (envs/fmprune.yaml, every rule's `conda:`) whose python finds the package through PYTHONPATH.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    FMPRUNE = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'workflow'))} python -m fmprune.cli"
+else:
+    FMPRUNE = f"{sys.executable} -m fmprune.cli"
 
 wildcard_constraints:
     model="|".join(map(re.escape, config["models"])),
@@ -48,4 +56,17 @@ def run_targets():
 
 
 def default_targets():
-    return [f"results/{model}/{method}/acc.json" for model in config["models"] for method in methods_of(model)]
+    """The design card's address, for every method the model's default plan applies to."""
+    return [
+        f"results/{model}/{method}/acc.json"
+        for model, m in config["models"].items()
+        for method in methods_of(model)
+        if plan_applies(method, m["plans"][m["default_plan"]])
+    ]
+
+
+def finetune_recipe(w):
+    """The recipe of one operating point (the plan's ``recipe:``, else the model's finetune_recipe)."""
+    from fmprune.config import finetune_recipe as name
+
+    return config["recipes"][name(config, w.model, w.plan)]

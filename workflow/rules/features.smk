@@ -16,6 +16,8 @@ rule extract:
         mem_mb=8000,
         runtime=120,
         gpu=1,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} extract --config {CFG} --model {wildcards.model} --model-file {input} --out {output} > {log} 2>&1"
 
@@ -43,6 +45,8 @@ rule score:
     resources:
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} score --config {CFG} --model {wildcards.model} --method {wildcards.method} "
         "--model-file {input.model} {params.features} --out {output} > {log} 2>&1"
@@ -61,6 +65,8 @@ rule fpfmc_kselect:
     resources:
         mem_mb=8000,
         runtime=240,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} fpfmc-kselect --config {CFG} --model {wildcards.model} --features {input} --out {output} "
         "--threads {threads} > {log} 2>&1"
@@ -76,6 +82,8 @@ rule fpfmc_cluster:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} fpfmc-cluster --config {CFG} --model {wildcards.model} --kselect {input} --out {output} > {log} 2>&1"
 
@@ -90,5 +98,7 @@ rule fpfmc_sort:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} fpfmc-sort --config {CFG} --model {wildcards.model} --labels {input} --out {output} > {log} 2>&1"

@@ -22,13 +22,15 @@ rule finetune:
     log:
         "results/{model}/{method}/{plan}/seed{seed}/finetune.log",
     params:
-        fingerprint=lambda w: fingerprint(config["recipes"][model_cfg(w)["finetune_recipe"]]),
+        fingerprint=lambda w: fingerprint(finetune_recipe(w)),
         features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
     threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
-        gpu=1,
+        gpu=lambda w: finetune_recipe(w)["gpus"],  # > 1: torchrun, one process per GPU
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} finetune --config {CFG} --model {wildcards.model} --method {wildcards.method} "
         "--plan {wildcards.plan} --seed {wildcards.seed} --pruned {input.pruned} "

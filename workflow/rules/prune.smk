@@ -13,6 +13,8 @@ rule plan:
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} plan --config {CFG} --model {wildcards.model} --plan {wildcards.plan} --scores {input} "
         "--out {output} > {log} 2>&1"
@@ -31,6 +33,8 @@ rule prune:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} prune --config {CFG} --model {wildcards.model} --model-file {input.model} "
         "--plan-file {input.plan} --out {output.model} --report {output.report} > {log} 2>&1"
