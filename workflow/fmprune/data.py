@@ -193,14 +193,24 @@ def _imagefolder(cfg: dict):
     if not cfg["in_memory"]:
         workers = cfg["workers"]
         train, test = FolderSplit(root / "train", cfg["resolution"], workers), FolderSplit(root / "test", cfg["resolution"], workers)
+        _same_classes(root, train.dataset.classes, test.dataset.classes)
         return train, test, len(train.dataset.classes)
     flags = _manifest_flags(root, cfg.get("flag_column"))
-    splits = []
+    splits, class_lists = [], []
     for split in ("train", "test"):
         images, labels, files, classes = _cached_folder(root / split, cfg["resolution"])
         split_flags = None if flags is None else np.array([flags.get(f"{split}/{f}", False) for f in files])
         splits.append(TensorSplit(images, labels, split_flags))
-    return splits[0], splits[1], len(classes)
+        class_lists.append(classes)
+    _same_classes(root, *class_lists)
+    return splits[0], splits[1], len(class_lists[0])
+
+
+def _same_classes(root: Path, train: list[str], test: list[str]) -> None:
+    """ImageFolder numbers classes per folder: differing class lists would shift test labels."""
+    if train != test:
+        missing = sorted(set(train) ^ set(test))
+        raise FmpruneError(f"{root}: train/ and test/ have different class folders (e.g. {missing[0]!r})")
 
 
 def unpack(archive: str | Path, root: Path, sha256: str | None = None) -> None:
