@@ -93,11 +93,10 @@ def _relaunch_distributed(cfg: dict, model: str, command: str, argv: list[str], 
     n = cfg["recipes"][recipe].get("gpus", 1)
     if n <= 1 or "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return
-    env = dict(os.environ, TORCHELASTIC_SIGNALS_TO_HANDLE="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "fmprune.cli", *argv]
+           "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m", "fmprune.cli", *argv]
     print(f"fmprune: {command} on {n} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    os.execve(sys.executable, cmd, env)
+    os.execv(sys.executable, cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
