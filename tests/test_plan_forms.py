@@ -22,6 +22,19 @@ def random_scores(spec, seed=0):
     return {g: rng.random(spec.groups[g].channels) for g in spec.prunable_groups()}
 
 
+def random_graphs(spec, seed):
+    """Symmetric random similarity matrices (unit diagonal) and L1 norms for every group."""
+    rng = np.random.default_rng(seed)
+    sims, norms = {}, {}
+    for g in spec.prunable_groups():
+        c = spec.groups[g].channels
+        a = rng.random((c, c))
+        sims[g] = (a + a.T) / 2
+        np.fill_diagonal(sims[g], 1.0)
+        norms[g] = rng.random(c)
+    return sims, norms
+
+
 def test_native_forms_apply_to_their_own_method_only():
     assert plan_applies("cdp", {"sparsity": 0.3}) and not plan_applies("hrank", {"sparsity": 0.3})
     assert plan_applies("rgd", {"threshold": 0.7}) and not plan_applies("cdp", {"threshold": 0.7})
@@ -38,14 +51,7 @@ def test_cdp_sparsity_plan_is_the_global_selection(spec):
 
 
 def test_rgd_threshold_plan_keeps_an_independent_set(spec):
-    rng = np.random.default_rng(1)
-    sims, norms = {}, {}
-    for g in spec.prunable_groups():
-        c = spec.groups[g].channels
-        a = rng.random((c, c))
-        sims[g] = (a + a.T) / 2
-        np.fill_diagonal(sims[g], 1.0)
-        norms[g] = rng.random(c)
+    sims, norms = random_graphs(spec, 1)
     kept = native_kept("rgd", spec, "threshold", 0.8, random_scores(spec), {"similarity": sims, "l1": norms})
     for g, k in kept.items():
         block = sims[g][np.ix_(k, k)]
@@ -67,14 +73,7 @@ def test_mac_target_by_bisection_lands_just_below_the_target(spec):
 
 
 def test_rgd_similarity_threshold_bisection(spec):
-    rng = np.random.default_rng(2)
-    sims, norms = {}, {}
-    for g in spec.prunable_groups():
-        c = spec.groups[g].channels
-        a = rng.random((c, c))
-        sims[g] = (a + a.T) / 2
-        np.fill_diagonal(sims[g], 1.0)
-        norms[g] = rng.random(c)
+    sims, norms = random_graphs(spec, 2)
     full = {g: list(range(spec.groups[g].channels)) for g in spec.prunable_groups()}
     target = int(macs_of(ARCH, full) * 0.7)
     kept, threshold, macs = reach_macs(

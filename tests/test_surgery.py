@@ -9,44 +9,19 @@ from fmprune.models import build
 from fmprune.plan import group_rates, keep_count
 from fmprune.surgery import load_pruned, mask_, pruned_copy, save_pruned
 
-
-def randomize_bn(model, gen):
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen))
-    return model.eval()
-
-
-def random_plan(spec, gen):
-    kept = {}
-    for g in spec.prunable_groups():
-        c = spec.groups[g].channels
-        k = int(torch.randint(1, c + 1, (1,), generator=gen))
-        kept[g] = torch.randperm(c, generator=gen)[:k]
-    return kept
+from .arch_checks import assert_pruned_equals_masked, random_plan, randomize_bn
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"])
 def test_pruned_equals_masked_on_random_plans(arch):
-    gen = torch.Generator().manual_seed(hash(arch) % 1000)
-    model = randomize_bn(build(arch), gen)
-    x = torch.randn(3, 3, 32, 32, generator=gen)
-    for _ in range(2):
-        kept = random_plan(model.channel_spec(), gen)
-        pruned, masked = pruned_copy(model, kept), mask_(copy.deepcopy(model), kept)
-        with torch.no_grad():
-            a, b = pruned(x), masked(x)
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), (a - b).abs().max()
-        widths = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)}
-        assert widths["conv1"] == len(kept["stage1"])
+    assert_pruned_equals_masked(build(arch), torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    kept = random_plan(build(arch).channel_spec(), seed=5)
+    assert pruned_copy(build(arch), kept).conv1.out_channels == len(kept["stage1"])
 
 
 def test_stream_channels_stay_aligned_across_the_option_a_shortcut():
     """Keeping disjoint-looking index sets in stage 1 and 2 must still add matching channels."""
-    model = randomize_bn(build("resnet20"), torch.Generator().manual_seed(0))
+    model = randomize_bn(build("resnet20"))
     kept = {"stage1": torch.tensor([1, 5, 9, 12]), "stage2": torch.tensor([0, 8, 9, 13, 20, 31])}
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -69,8 +44,8 @@ def test_seed_configuration_resnet56_sizes():
 
 
 def test_saved_model_loads_without_the_run_directory(tmp_path):
-    model = randomize_bn(build("resnet20"), torch.Generator().manual_seed(1))
-    kept = random_plan(model.channel_spec(), torch.Generator().manual_seed(2))
+    model = randomize_bn(build("resnet20"), seed=1)
+    kept = random_plan(model.channel_spec(), seed=2)
     pruned = pruned_copy(model, kept)
     save_pruned(tmp_path / "m.pt", pruned, "resnet20", 10, normalize={"mean": [0, 0, 0], "std": [1, 1, 1]})
     again = load_pruned(tmp_path / "m.pt").eval()
