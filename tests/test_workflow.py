@@ -17,6 +17,10 @@ def test_snakemake_runs_the_chain_end_to_end(tmp_path):
     cfg["recipes"]["digits-baseline"].update(epochs=1, train_subset=256)
     cfg["recipes"]["digits-finetune"].update(epochs=1, train_subset=128)
     cfg["seeds"] = [0, 1]
+    # A feature-map method, FP-FMC's three rules, a weights-only method and a native plan form.
+    cfg["methods"] = ["hrank", "fpfmc", "l1", "cdp"]
+    plans = cfg["models"]["resnet20"]["plans"]
+    cfg["models"]["resnet20"]["plans"] = {"rates30": plans["rates30"], "cdp-sparsity40": plans["cdp-sparsity40"]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
            "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
@@ -29,9 +33,10 @@ def test_snakemake_runs_the_chain_end_to_end(tmp_path):
         assert key in acc, key
     assert acc["flops"] == 2 * acc["macs"] and acc["plan"] == "rates30" and acc["seed"] == 0
     assert {"git_commit", "torch", "checkpoint_sha256", "sample_sha256", "config_sha256"} <= set(acc["provenance"])
-    assert (tmp_path / "results/resnet20/random/uniform50/seed1/log.csv").is_file()
+    assert (tmp_path / "results/resnet20/cdp/cdp-sparsity40/seed1/log.csv").is_file()
+    assert (tmp_path / "results/resnet20/fpfmc/kselect.h5").is_file()
     table = (tmp_path / "results/tables/summary.csv").read_text()
-    assert "uniform50" in table and "baseline" in table
+    assert "cdp-sparsity40" in table and "fpfmc" in table and "baseline" in table
     # Nothing left to do: a second run is a no-op.
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -57,7 +57,7 @@ def write(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     for col in ("params_reduction_pct", "macs_reduction_pct"):
         if col in shown:
             shown[col] = shown[col].map(lambda v: f"{v:.1f}%")
-    atomic_write_text(md_path, shown.to_markdown(index=False, missingval="") + "\n")
+    atomic_write_text(md_path, shown.astype(object).where(shown.notna(), None).to_markdown(index=False, missingval="") + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
