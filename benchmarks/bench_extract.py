@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # ``benchmarks.bench_methods`` when run as a script
 
-from benchmarks.bench_methods import CONFIG, MODEL, load_images, load_model, machine, markdown_table  # noqa: E402
+from benchmarks.bench_methods import CONFIG, MODEL, load_images, load_model, machine, markdown_table, write_report  # noqa: E402
 from fmprune import config as cfglib  # noqa: E402
 from fmprune.features import extract, taps_for  # noqa: E402
 
@@ -114,10 +114,7 @@ def main() -> None:
         "adds the forward hooks, the copies to numpy and the HDF5 writes (page cache, no fsync).",
         "",
     ])
-    print("\n" + report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(f"written to {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

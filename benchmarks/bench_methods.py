@@ -450,10 +450,15 @@ def main() -> None:
         "separating K-selection agreement from t-SNE differences (float64 vs sklearn's float32).",
         "",
     ])
+    write_report(report, args.out)
+
+
+def write_report(report: str, out: Path) -> None:
+    """Print the Markdown report and save it to ``out``."""
     print("\n" + report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(f"written to {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fmprune import FmpruneError
-from fmprune.counting import _forward_one, count
+from fmprune.counting import _forward_one, conv_linear_macs, count
 from fmprune.models import build, input_size
 from fmprune.models.googlenet import googlenet
 from fmprune.models.vgg import vgg16_bn
@@ -33,39 +33,17 @@ def params_nobn(model: nn.Module) -> int:
 
 def seed_thop_macs(model: nn.Module, size: int = 32) -> int:
     """Conv + linear MACs, + 1 per biased conv output element, + 2 per BatchNorm output element."""
-    total = 0
-
-    def conv(m, _i, out):
-        nonlocal total
-        per_out = out.numel() // out.shape[0]
-        total += per_out * (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] + (m.bias is not None))
-
-    def linear(m, _i, out):
-        nonlocal total
-        total += out.numel() // out.shape[0] * m.in_features
-
-    def bn(_m, _i, out):
-        nonlocal total
-        total += 2 * (out.numel() // out.shape[0])
-
-    hooks = {nn.Conv2d: conv, nn.Linear: linear, _BN: bn}
-    handles = [m.register_forward_hook(h) for m in model.modules() for t, h in hooks.items() if isinstance(m, t)]
-    try:
-        _forward_one(model, size)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    return conv_linear_macs(model, size, seeds_convention=True)
 
 
 def pruned_for(arch: str, rates: str) -> nn.Module:
     """The pruned model itself (sizes_for_rates only returns its counts)."""
-    from fmprune.plan import keep_count
+    from fmprune.plan import keep_counts
     from fmprune.surgery import pruned_copy
 
     model = build(arch)
     spec = model.channel_spec()
-    kept = {g: torch.arange(keep_count(spec.groups[g].channels, r)) for g, r in group_rates(spec, rates).items()}
+    kept = {g: torch.arange(k) for g, k in keep_counts(spec, group_rates(spec, rates)).items()}
     return pruned_copy(model, kept)
 
 
