@@ -27,3 +27,4 @@ rule all:
     input:
         "results/tables/summary.md",
         default_targets(),
+        compare_targets(),

@@ -60,3 +60,28 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = (interrupted / "log.csv").read_text().splitlines()
     assert len(log) == 5 and log[0].startswith("epoch,lr,train_loss") and "val_top1" in log[0]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, capsys):
+    """Snakemake reruns a job in the same folder when its plan changed: the old weights must not come back."""
+    from fmprune.data import load
+    from fmprune.models import build
+    from fmprune.train import fit
+
+    data = load("digits", {"kind": "digits", "resolution": 16, "test_fraction": 0.5, "split_seed": 0,
+                           "normalize": {"mean": [0.2] * 3, "std": [0.3] * 3}})
+    recipe = {"epochs": 1, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+              "label_smoothing": 0.0, "schedule": "constant", "milestones": [], "gamma": 0.1, "augment": False,
+              "val_fraction": 0.0, "train_subset": 64, "eval_batch_size": 500}
+
+    def train(init_seed, **changes):
+        torch.manual_seed(init_seed)
+        fit(build("resnet20"), data, dict(recipe, **changes), seed=1, workdir=tmp_path, device=torch.device("cpu"),
+            log_csv=tmp_path / "log.csv")
+        return capsys.readouterr().out
+
+    train(0)
+    assert "resuming" in train(0)  # the same run again: its checkpoint is taken (and it is finished)
+    for init_seed, changes in ((1, {}), (1, {"lr": 0.01})):  # other starting weights; another recipe
+        out = train(init_seed, **changes)
+        assert "ignoring" in out and "resuming" not in out

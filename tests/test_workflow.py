@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -21,6 +22,8 @@ def test_snakemake_runs_the_chain_end_to_end(tmp_path):
     cfg["methods"] = ["hrank", "fpfmc", "l1", "cdp"]
     plans = cfg["models"]["resnet20"]["plans"]
     cfg["models"]["resnet20"]["plans"] = {"rates30": plans["rates30"], "cdp-sparsity40": plans["cdp-sparsity40"]}
+    # The equal-cost comparison at one target: eq50 for every method, native50 for CDP.
+    cfg["models"]["resnet20"]["compare"] = {"targets": [0.5], "seeds": [0, 1]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
            "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
@@ -37,6 +40,21 @@ def test_snakemake_runs_the_chain_end_to_end(tmp_path):
     assert (tmp_path / "results/resnet20/fpfmc/kselect.h5").is_file()
     table = (tmp_path / "results/tables/summary.csv").read_text()
     assert "cdp-sparsity40" in table and "fpfmc" in table and "baseline" in table
+    compared = pd.read_csv(tmp_path / "results/compare/resnet20/table.csv")
+    eq = compared[compared["series"] == "equal widths"]
+    assert sorted(eq["method"]) == ["cdp", "fpfmc", "hrank", "l1"] and set(eq["seeds"]) == {2}
+    assert eq["macs_m"].nunique() == 1 and abs(eq["macs_red_pct"].iloc[0] - 50) < 5  # one width set for all
+    assert compared[compared["series"] == "native"]["method"].tolist() == ["cdp"]
+    assert {"before_ft_mean", "before_ft_bn_mean", "top1_std"} <= set(compared.columns)
+    assert (tmp_path / "results/resnet20/l1/eq50/seed1/acc.json").is_file()
+    for name in ("pareto.png", "jaccard.png", "jaccard.csv", "table.md"):
+        assert (tmp_path / "results/compare/resnet20" / name).stat().st_size > 0
     # Nothing left to do: a second run is a no-op.
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The report: tables and figures with their captions, one self-contained HTML file.
+    report = subprocess.run(cmd + ["--report", str(tmp_path / "report.html")], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    assert "pareto.png" in html and "jaccard.png" in html and "summary.csv" in html
+    assert "Equal-cost comparison" in html and "same per-layer widths" in html

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--baselines", nargs="*", type=Path, default=[])
     t.add_argument("--csv", required=True, type=Path)
     t.add_argument("--md", required=True, type=Path)
+    cmp = sub.add_parser("compare", help="equal-cost comparison of methods on one model: table, Pareto plot, kept-set overlap")
+    cmp.add_argument("--acc", nargs="*", type=Path, default=[], help="acc.json of every run")
+    cmp.add_argument("--plans", nargs="*", type=Path, default=[], help="plan.json of every (method, plan)")
+    cmp.add_argument("--baseline", required=True, type=Path, help="the model's baseline acc.json")
+    cmp.add_argument("--out-dir", required=True, type=Path)
     pt = sub.add_parser("paper-table", help="the published rows beside this config's results (nothing needs to have run)")
     pt.add_argument("--config", nargs="+", required=True, type=Path)
     pt.add_argument("--paper", type=Path, help="published figures (default: workflow/resources/paper_results.csv)")
@@ -126,6 +131,11 @@ def _run(args, argv: list[str]) -> int:
         from . import tables
 
         tables.write(tables.summary(args.acc, args.baselines), args.csv, args.md)
+        return 0
+    if args.command == "compare":
+        from .compare import compare
+
+        compare(args.acc, args.plans, args.baseline, args.out_dir)
         return 0
     cfg = cfglib.load(args.config, strict=args.command == "validate")  # jobs: a missing data root fails on reading
     if args.command == "validate":

@@ -57,8 +57,59 @@ def validate(cfg: dict, strict: bool = True) -> dict:
         raise ConfigError(f"config error at {_where(error.absolute_path)}: {error.message}")
     # Defaults of nested objects that were created by a default themselves.
     validator.validate(cfg)
+    for name, model in cfg["models"].items():
+        _expand_compare(name, model, cfg)
+        if not model["plans"]:
+            raise ConfigError(f"config error at models.{name}.plans: the model has no plans (give plans or compare)")
     _check_references(cfg, strict)
     return cfg
+
+
+def compare_plans(model: dict, methods: list[str]) -> dict[str, dict]:
+    """The operating points a model's ``compare`` block stands for, by plan name.
+
+    ``eq<P>``: every method, one scale factor over the shared shape bisected to P% fewer MACs;
+    ``native<P>``: the methods with a plan form of their own (CDP, RGD) bisect it to the same target.
+    """
+    from .models import build
+    from .plan import NATIVE_FORMS
+
+    cmp = model.get("compare")
+    if not cmp:
+        return {}
+    shape = cmp.get("shape") or f"[1.]*{len(build(model['arch']).channel_spec().rate_layout)}"
+    extra = {"seeds": cmp["seeds"], **({"recipe": cmp["recipe"]} if "recipe" in cmp else {})}
+    native = [m for m in model.get("methods", methods) if m in NATIVE_FORMS] if cmp["native"] else []
+    plans = {}
+    for target in cmp["targets"]:
+        pct = f"{100 * target:.4g}"
+        plans[f"eq{pct}"] = {"target_reduction": target, "shape": shape, **extra}
+        if native:
+            plans[f"native{pct}"] = {"target_reduction": target, "methods": native, **extra}
+    return plans
+
+
+def _expand_compare(name: str, model: dict, cfg: dict) -> None:
+    """Add the compare block's plans; a plan of the same name must be the same plan (re-validation)."""
+    from .models import ARCHS
+
+    cmp = model.get("compare")
+    if not cmp or model["arch"] not in ARCHS:  # an unknown arch is reported by _check_references
+        return
+    if "recipe" in cmp and cmp["recipe"] not in cfg["recipes"]:
+        raise ConfigError(f"config error at models.{name}.compare.recipe: no recipe named {cmp['recipe']!r} under recipes")
+    if "shape" in cmp:
+        from .models import build
+        from .plan import group_shape
+
+        try:
+            group_shape(build(model["arch"]).channel_spec(), cmp["shape"])
+        except FmpruneError as exc:
+            raise ConfigError(f"config error at models.{name}.compare.shape: {exc}") from None
+    for plan_name, plan in compare_plans(model, cfg["methods"]).items():
+        if model["plans"].setdefault(plan_name, plan) != plan:
+            raise ConfigError(f"config error at models.{name}.plans.{plan_name}: the name is taken by the compare "
+                              f"block's plan; rename the plan")
 
 
 def _check_references(cfg: dict, strict: bool = True) -> None:
@@ -122,14 +173,14 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
 
 def _check_plans(where: str, model: dict, methods: list[str]) -> None:
     from .models import build
-    from .plan import group_rates, plan_applies
+    from .plan import group_rates, group_shape, plan_applies
 
     spec = build(model["arch"]).channel_spec()
     for plan_name, plan in model["plans"].items():
-        for key in ("rates", "shape"):
+        for key, mapping in (("rates", group_rates), ("shape", group_shape)):
             if key in plan:
                 try:
-                    group_rates(spec, plan[key])
+                    mapping(spec, plan[key])
                 except FmpruneError as exc:
                     raise ConfigError(f"config error at {where}.plans.{plan_name}.{key}: {exc}") from None
         applies = [m for m in model.get("methods", methods) if plan_applies(m, plan)]
@@ -166,6 +217,11 @@ def finetune_recipe(cfg: dict, model: str, plan: str) -> str:
     """Name of the fine-tuning recipe of one operating point: the plan's ``recipe``, else the model's."""
     m = cfg["models"][model]
     return m["plans"][plan].get("recipe", m["finetune_recipe"])
+
+
+def plan_seeds(cfg: dict, model: str, plan: str) -> list[int]:
+    """Fine-tuning seeds of one operating point: the plan's ``seeds``, else the top-level list."""
+    return cfg["models"][model]["plans"][plan].get("seeds", cfg["seeds"])
 
 
 def normalization(cfg: dict, model: str) -> dict:

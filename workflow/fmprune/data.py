@@ -146,6 +146,11 @@ def load(name: str, cfg: dict) -> Data:
         train, test, classes = _imagefolder(cfg)
     else:  # the schema's enum makes this unreachable from a validated config
         raise FmpruneError(f"datasets.{name}.kind: unknown kind {kind!r}")
+    if cfg.get("test_flagged_only"):
+        if getattr(test, "flags", None) is None:
+            raise FmpruneError(f"datasets.{name}.test_flagged_only needs an in-memory dataset with a flag_column")
+        keep = torch.from_numpy(np.flatnonzero(test.flags))
+        test = TensorSplit(test.images[keep], test.labels[keep], test.flags[keep.numpy()])
     norm = Normalization(tuple(cfg["normalize"]["mean"]), tuple(cfg["normalize"]["std"]))
     return Data(name, train, test, classes, norm)
 

@@ -1,6 +1,7 @@
 """The pipeline's steps, one function per Snakemake rule (the CLI calls these)."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -19,7 +20,7 @@ from .latency import measure as measure_latency
 from .io import atomic_path, atomic_write_json, check_sha256, download, sha256_file, sha256_json
 from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
 from .models import build, input_size
-from .plan import NATIVE_FORMS, group_rates, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
+from .plan import NATIVE_FORMS, group_rates, group_shape, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
 from .surgery import load_pruned, prune_, save_pruned
 from .train import evaluate, fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
 
@@ -81,18 +82,44 @@ def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
     teardown_distributed()
 
 
-def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path) -> dict:
-    """Accuracy and cost of a saved model (baseline or pruned, before fine-tuning)."""
+def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path, bn_reestimation: bool = False) -> dict:
+    """Accuracy and cost of a saved model (baseline or pruned, before fine-tuning).
+
+    With ``bn_reestimation`` (pruned models) also the accuracy after re-estimating BN statistics
+    (``top1_bn``): removing channels shifts the statistics every later BN sees, and the plain figure
+    mixes that shift with what the criterion removed.
+    """
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(model_file)
     result = {"model": model, "arch": m["arch"], **count(net, m["arch"])}
     device = resolve_device(cfg["device"])
-    result.update(evaluate(net, data.test, data.norm, device))
+    batch = cfg["evaluation"]["batch_size"]
+    result.update(evaluate(net, data.test, data.norm, device, batch_size=batch))
+    if bn_reestimation and cfg["evaluation"]["bn_images"]:
+        result.update(_after_bn_reestimation(cfg["evaluation"], net, data, device))
     result.update(measure_latency(net, input_size(m["arch"]), device))
     result["model_sha256"] = sha256_file(model_file)
     atomic_write_json(out, result)
     return result
+
+
+def _after_bn_reestimation(ev: dict, net: torch.nn.Module, data: datalib.Data, device: torch.device) -> dict:
+    """Accuracy of a copy whose BN running statistics are re-estimated on seeded training images.
+
+    torch's ``update_bn`` resets the statistics and averages them over the batches (momentum
+    None). Images come unaugmented in seeded random order: batches of one class would bias the
+    variances.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    n = min(ev["bn_images"], len(data.train))
+    order = np.random.default_rng(ev["bn_seed"]).choice(len(data.train), n, replace=False)
+    net = copy.deepcopy(net).to(device)
+    update_bn(data.train.batches(order, ev["batch_size"], data.norm, device=device), net, device)
+    after = evaluate(net, data.test, data.norm, device, batch_size=ev["batch_size"])
+    keys = ("top1", "top5", "top1_flagged")
+    return {f"{k}_bn": after[k] for k in keys if k in after} | {"bn_images": n}
 
 
 def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None:
@@ -234,7 +261,7 @@ def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) ->
             lo, hi, higher_prunes_more = (0.0, 0.999, True) if form == "sparsity" else (0.0, 1.0, False)
         else:
             form = "scale"
-            shape = group_rates(spec, plan_cfg["shape"]) if "shape" in plan_cfg else None
+            shape = group_shape(spec, plan_cfg["shape"]) if "shape" in plan_cfg else None
             if shape is not None and max(shape.values()) <= 0:
                 raise FmpruneError(f"models.{model}.plans.{plan}.shape: all rates are 0, nothing to scale")
 
@@ -256,7 +283,7 @@ def prune(cfg: dict, model: str, model_file: Path, plan_file: Path, out: Path, r
     meta = dict(net.meta)
     meta.pop("kept", None)
     save_pruned(out, net, meta.pop("arch"), meta.pop("num_classes"), **meta, plan=plan["plan"], method=plan["method"])
-    evaluate_model(cfg, model, out, report)
+    evaluate_model(cfg, model, out, report, bn_reestimation=True)
 
 
 def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_file: Path,
@@ -287,6 +314,7 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
         "model": model, "arch": m["arch"], "method": method, "plan": plan, "plan_definition": m["plans"][plan],
         "seed": seed, "epochs": recipe["epochs"], "recipe": recipe_name, **summary, **speed,
         "top1_before_finetune": pruned["top1"],
+        **({"top1_before_finetune_bn": pruned["top1_bn"]} if "top1_bn" in pruned else {}),
         "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
         "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", "top1", "top5",
                                           "latency_ms_b1", "throughput_ips", "latency_device") if k in base}

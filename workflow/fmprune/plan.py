@@ -46,6 +46,11 @@ def group_rates(spec: ArchSpec, rates: str | list[float]) -> dict[str, float]:
     return out
 
 
+def group_shape(spec: ArchSpec, shape: str) -> dict[str, float]:
+    """A target's ``shape``: relative rates in [0, 1], mapped onto groups like a rate list."""
+    return group_rates(spec, parse_rates(shape, closed=True))
+
+
 def uniform_rates(spec: ArchSpec, rate: float) -> dict[str, float]:
     if not 0.0 <= rate < 1.0:
         raise FmpruneError(f"uniform rate must lie in [0, 1), got {rate}")

@@ -5,7 +5,7 @@
     list   := '[' number (',' number)* ']'
     number := a decimal float such as 0, 0., .5, 0.18, 1e-1
 
-Every rate must lie in [0, 1).
+Every rate must lie in [0, 1) (a target's ``shape`` holds relative rates: [0, 1]).
 """
 from __future__ import annotations
 
@@ -30,8 +30,11 @@ def _tokens(text: str):
         yield (match.group("number"), "number") if match.group("number") else (match.group("op"), "op")
 
 
-def parse_rates(text: str) -> list[float]:
-    """``"[0.]+[0.18]*2"`` -> ``[0.0, 0.18, 0.18]``; a malformed string is a one-line error."""
+def parse_rates(text: str, closed: bool = False) -> list[float]:
+    """``"[0.]+[0.18]*2"`` -> ``[0.0, 0.18, 0.18]``; a malformed string is a one-line error.
+
+    ``closed=True`` admits 1 (a shape's relative rates, scaled before use).
+    """
     tokens = list(_tokens(text))
     pos = 0
 
@@ -66,7 +69,7 @@ def parse_rates(text: str) -> list[float]:
         if peek() is None:
             break
         expect("+")
-    bad = [r for r in rates if not 0.0 <= r < 1.0]
+    bad = [r for r in rates if not (0.0 <= r <= 1.0 if closed else 0.0 <= r < 1.0)]
     if bad:
-        raise FmpruneError(f"rate list {text!r}: rates must lie in [0, 1), found {bad[0]}")
+        raise FmpruneError(f"rate list {text!r}: rates must lie in [0, {'1]' if closed else '1)'}, found {bad[0]}")
     return rates

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import plan_seeds
 from .io import atomic_write_text
 
-COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_flagged",
+COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged",
            "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
            "latency_ms_b1", "throughput_ips"]
 
@@ -26,7 +27,7 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
     if len(runs):
         for (model, method, plan), g in runs.groupby(["model", "method", "plan"], sort=False):
             row = {"model": model, "method": method, "plan": plan, "seeds": len(g), "epochs": int(g["epochs"].iloc[0])}
-            for col in ("top1", "top1_best", "top1_before_finetune", "top1_flagged"):
+            for col in ("top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged"):
                 if col in g and g[col].notna().any():
                     row[col] = _mean_std(g[col].dropna())
             for col in ("params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop"):
@@ -139,12 +140,13 @@ def _run_files(cfg: dict, results: Path, model: str, method: str | None, plan: s
         files["acc"] = []
         return files
     run = base / method / plan
+    seeds = plan_seeds(cfg, model, plan)
     files["plan"] = run / "plan.json"
-    files["acc"] = [run / f"seed{s}" / "acc.json" for s in cfg["seeds"]]
+    files["acc"] = [run / f"seed{s}" / "acc.json" for s in seeds]
     files["logs"] += [base / "features.log", base / "scores" / f"{method}.log", run / "plan.log", run / "prune.log"]
     if method == "fpfmc":
         files["logs"] += [base / "fpfmc" / f"{x}.log" for x in ("kselect", "cluster", "sort")]
-    files["logs"] += [run / f"seed{s}" / "finetune.log" for s in cfg["seeds"]]
+    files["logs"] += [run / f"seed{s}" / "finetune.log" for s in seeds]
     return files
 
 

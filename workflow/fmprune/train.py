@@ -23,7 +23,9 @@ writes checkpoints, logs and outputs, the others wait at a barrier.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import os
 import signal
@@ -202,6 +204,19 @@ class _StopSignal:
         return int(flag) or None
 
 
+def _run_key(model: nn.Module, recipe: dict, seed: int) -> str:
+    """Identity of a training run: its starting weights, recipe and seed.
+
+    A checkpoint is resumed only by the run that wrote it; Snakemake reruns a job in the same
+    folder after its plan or recipe changed, and must not pick up the old run's weights.
+    """
+    h = hashlib.sha256(json.dumps({"recipe": recipe, "seed": seed}, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Path,
         device: torch.device, log_csv: str | Path) -> dict:
     """Fine-tune ``model`` per ``recipe``; resume from ``workdir/checkpoint.pt`` if present.
@@ -216,6 +231,7 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
     ckpt_path, best_path = workdir / "checkpoint.pt", workdir / "best.pt"
     rank, size = world()
     main = rank == 0
+    run_key = _run_key(model, recipe, seed)
     torch.manual_seed(seed)
     model.to(device)
     if device.type == "cuda":
@@ -236,9 +252,14 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
     train_idx, val_idx = split_indices(len(data.train), recipe, seed)
     history: list[dict] = []
     start_epoch, partial = 0, None
-    if ckpt_path.is_file():
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
+    if state is not None and state.get("run_key") != run_key:
+        if main:
+            print(f"ignoring {ckpt_path}: it was written by another run (other starting weights, recipe or "
+                  "seed); starting afresh", flush=True)
+        state = None
+    if state is not None:
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -262,7 +283,7 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
         if main:
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _get_rng(), "history": history, "epoch": epoch_done, **(extra or {})},
+                 "rng": _get_rng(), "history": history, "epoch": epoch_done, "run_key": run_key, **(extra or {})},
                 ckpt_path,
             )
 

@@ -7,7 +7,7 @@ rule baseline:
     log:
         "results/{model}/baseline/baseline.log",
     params:
-        fingerprint=lambda w: fingerprint(model_cfg(w), config["datasets"][model_cfg(w)["dataset"]],
+        fingerprint=lambda w: fingerprint(baseline_cfg(w), config["datasets"][model_cfg(w)["dataset"]],
                                           config["recipes"].get(model_cfg(w)["baseline_recipe"])),
     threads: 2
     resources:

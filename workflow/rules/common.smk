@@ -5,6 +5,7 @@ import shlex
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from fmprune.config import compare_plans, plan_seeds
 from fmprune.io import atomic_write_text, sha256_json
 from fmprune.methods import METHODS, tap_kind
 from fmprune.plan import plan_applies
@@ -31,6 +32,11 @@ def model_cfg(w):
     return config["models"][w.model]
 
 
+def baseline_cfg(w):
+    """The model keys its baseline depends on (not its plans: editing a plan keeps the baseline)."""
+    return {k: v for k, v in model_cfg(w).items() if k in ("arch", "dataset", "checkpoint", "normalize", "baseline_recipe")}
+
+
 def fingerprint(*parts):
     """Hash of the config slices a job depends on: it reruns when, and only when, they change."""
     return sha256_json(parts)[:16]
@@ -51,7 +57,7 @@ def run_targets():
         for method in methods_of(model)
         for plan, plan_cfg in m["plans"].items()
         if plan_applies(method, plan_cfg)
-        for seed in config["seeds"]
+        for seed in plan_seeds(config, model, plan)
     ]
 
 

@@ -40,7 +40,8 @@ rule finetune:
 
 rule default_operating_point:
     input:
-        lambda w: f"results/{w.model}/{w.method}/{model_cfg(w)['default_plan']}/seed{config['seeds'][0]}/acc.json",
+        lambda w: (f"results/{w.model}/{w.method}/{model_cfg(w)['default_plan']}/"
+                   f"seed{plan_seeds(config, w.model, model_cfg(w)['default_plan'])[0]}/acc.json"),
     output:
         "results/{model}/{method}/acc.json",
     localrule: True

@@ -6,7 +6,7 @@ rule summary_table:
         acc=run_targets(),
         baselines=expand("results/{model}/baseline/acc.json", model=config["models"]),
     output:
-        csv="results/tables/summary.csv",
+        csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
         md="results/tables/summary.md",
     localrule: True
     conda:
@@ -35,3 +35,43 @@ rule paper_table:
         "../../envs/fmprune.yaml"
     shell:
         "{FMPRUNE} paper-table --config {CFG} --csv {output.csv} --md {output.md}"
+
+
+# The equal-cost comparison of a model with a `compare` block: its eq<P> / native<P> plans (every
+# method at the same widths; CDP / RGD also by their own knob), all seeds, plus kept-set agreement.
+def compare_inputs(w):
+    plans = compare_plans(model_cfg(w), config["methods"])
+    runs = [(method, plan) for plan, plan_cfg in plans.items() for method in methods_of(w.model)
+            if plan_applies(method, plan_cfg)]
+    return {
+        "acc": [f"results/{w.model}/{method}/{plan}/seed{seed}/acc.json" for method, plan in runs
+                for seed in plans[plan]["seeds"]],
+        "plans": [f"results/{w.model}/{method}/{plan}/plan.json" for method, plan in runs],
+        "baseline": f"results/{w.model}/baseline/acc.json",
+    }
+
+
+def compare_targets():
+    return [f"results/compare/{model}/table.md" for model, m in config["models"].items() if "compare" in m]
+
+
+rule compare:
+    input:
+        unpack(compare_inputs),
+    output:
+        csv=report("results/compare/{model}/table.csv", caption="../report/compare_table.rst",
+                   category="Equal-cost comparison", subcategory="{model}"),
+        md="results/compare/{model}/table.md",
+        pareto=report("results/compare/{model}/pareto.png", caption="../report/pareto.rst",
+                      category="Equal-cost comparison", subcategory="{model}"),
+        jaccard=report("results/compare/{model}/jaccard.png", caption="../report/jaccard.rst",
+                       category="Equal-cost comparison", subcategory="{model}"),
+        jaccard_csv=report("results/compare/{model}/jaccard.csv", caption="../report/jaccard_csv.rst",
+                           category="Equal-cost comparison", subcategory="{model}"),
+        jaccard_md="results/compare/{model}/jaccard.md",
+    localrule: True
+    conda:
+        "../../envs/fmprune.yaml"
+    shell:
+        "{FMPRUNE} compare --acc {input.acc} --plans {input.plans} --baseline {input.baseline} "
+        "--out-dir results/compare/{wildcards.model}"
