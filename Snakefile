@@ -15,6 +15,9 @@ except ConfigError as exc:
     sys.exit(f"fmprune: {exc}")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/features.smk"
