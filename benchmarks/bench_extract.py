@@ -23,7 +23,6 @@ How to run (from the repository root)::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -33,9 +32,9 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # ``benchmarks.bench_methods`` when run as a script
+sys.path.insert(0, str(ROOT))  # ``benchmarks.common`` when run as a script
 
-from benchmarks.bench_methods import CONFIG, MODEL, load_images, load_model, machine, markdown_table, write_report  # noqa: E402
+from benchmarks.common import CONFIG, MODEL, load_images, load_model, machine, markdown_table, resnet56_parser, write_report  # noqa: E402
 from fmprune import config as cfglib  # noqa: E402
 from fmprune.features import extract, taps_for  # noqa: E402
 
@@ -59,13 +58,7 @@ def plain_pass(model, batches) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "../shared/weights/resnet56-4bfd9763.th",
-                        help="ResNet-56 weights (default: the shared checkpoint; random init when missing)")
-    parser.add_argument("--data-root", type=Path, default=Path("~/.cache/fmprune/cifar10").expanduser(),
-                        help="CIFAR-10 ImageFolder with manifest.csv (default: %(default)s; "
-                             "random Gaussian images when missing)")
+    parser = resnet56_parser(__doc__)
     parser.add_argument("--images", type=int, default=640, help="images per pass (default 640)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="runs per pass; the best is reported (default 3)")

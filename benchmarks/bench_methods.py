@@ -38,18 +38,10 @@ How to run (from the repository root; the full run takes several minutes on 2 co
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -57,104 +49,27 @@ from joblib.externals.loky import get_reusable_executor
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # ``benchmarks.naive`` when run as a script
+sys.path.insert(0, str(ROOT))  # ``benchmarks.common``, ``benchmarks.naive`` when run as a script
 
+from benchmarks.common import (CONFIG, MODEL, in_fresh_process, load_images, load_model, machine,  # noqa: E402
+                               markdown_table, measured, resnet56_parser, write_report)
 from benchmarks.naive import cdp as naive_cdp  # noqa: E402
 from benchmarks.naive import cfdp as naive_cfdp  # noqa: E402
 from benchmarks.naive import dct as naive_dct  # noqa: E402
 from benchmarks.naive import fpfmc as naive_fpfmc  # noqa: E402
 from benchmarks.naive import rgd as naive_rgd  # noqa: E402
 from fmprune import config as cfglib  # noqa: E402
-from fmprune import data as datalib  # noqa: E402
-from fmprune.features import FeatureFile, extract, sample_indices, taps_for  # noqa: E402
+from fmprune.features import FeatureFile, extract, taps_for  # noqa: E402
 from fmprune.methods import FPFMC_DEFAULTS, METHODS, RGD_DEFAULTS, combine, fpfmc, group_l1, rgd, score_groups  # noqa: E402
 from fmprune.models import build  # noqa: E402
-from fmprune.pipeline import _read_checkpoint, fpfmc_cluster, fpfmc_kselect, fpfmc_sort  # noqa: E402
+from fmprune.pipeline import fpfmc_cluster, fpfmc_kselect, fpfmc_sort  # noqa: E402
 from fmprune.plan import group_rates, keep_count, kept_from_scores  # noqa: E402
 
-CONFIG = ROOT / "config" / "cifar10-resnet56.yaml"
-MODEL = "resnet56"
 RATES = "[0.]+[0.18]*29"  # the seeds' operating point (config plan seeds018)
 FPFMC_RATE = 0.18
 DIRECT_METHODS = ("hrank", "cfdp", "dct", "cdp", "rgd", "l1", "random")
 DIRECT_TARGET_S = 30.0
 KSELECT_TARGET_S = 600.0
-
-
-# --------------------------------------------------------------------------------------------
-# model, images, measurement (bench_extract.py uses these too)
-# --------------------------------------------------------------------------------------------
-def load_model(checkpoint: Path) -> tuple[nn.Module, str]:
-    """ResNet-56 from ``checkpoint``, or a seeded random init (with a printed note) without one."""
-    if checkpoint.is_file():
-        return _read_checkpoint(checkpoint, "resnet56", 10), f"checkpoint {checkpoint.name}"
-    print(f"note: checkpoint {checkpoint} not found: using a randomly initialised ResNet-56 (torch seed 0)")
-    torch.manual_seed(0)
-    return build("resnet56"), "random init (torch seed 0, no checkpoint)"
-
-
-@dataclass
-class Images:
-    indices: np.ndarray  # training-set indices (0 … N−1 for random images)
-    source: str
-    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # batch size -> (x, y)
-
-
-def load_images(cfg: dict, data_root: Path, n: int) -> Images:
-    """The first ``n`` of the pipeline's seeded sample of flagged training images, normalised as
-    the model expects; seeded Gaussian images (with a printed note) when ``data_root`` is missing."""
-    if not data_root.is_dir():
-        print(f"note: data folder {data_root} not found: using {n} random Gaussian images (seed 0)")
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(n, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (n,), generator=gen)
-        return Images(np.arange(n), f"{n} random Gaussian images (seed 0, no data folder)",
-                      lambda bs: ((x[s : s + bs], y[s : s + bs]) for s in range(0, n, bs)))
-    m = cfg["models"][MODEL]
-    ds_cfg = dict(cfg["datasets"][m["dataset"]], root=str(data_root), normalize=cfglib.normalization(cfg, MODEL))
-    data = datalib.load(m["dataset"], ds_cfg)
-    pool = np.flatnonzero(data.train.flags)
-    f = cfg["features"]
-    size = max(f["samples"], n)
-    indices = sample_indices(len(data.train), size, f["seed"], pool)[:n]
-    source = (f"first {n} of the pipeline's seeded sample of {size} (seed {f['seed']}) from the {len(pool)} "
-              f"flagged ({ds_cfg['flag_column']}) training images in {data_root}")
-    return Images(indices, source, lambda bs: data.train.batches(indices, bs, data.norm))
-
-
-def _status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-@contextmanager
-def measured():
-    """Wall time and peak RSS of the block, filled into the yielded dict when the block ends."""
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    result = {"rss_start_mib": _status_mib("VmRSS")}
-    start = time.perf_counter()
-    yield result
-    result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mib"] = _status_mib("VmHWM")
-
-
-def in_fresh_process(fn, *args):
-    """Run ``fn(*args)`` in a newly spawned process and return its result."""
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    """One line on the machine, with its load (other jobs on a shared box distort every timing)."""
-    return (f"{platform.node()}: {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at the "
-            f"start, torch {torch.__version__} with {torch.get_num_threads()} threads, numpy {np.__version__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,13 +275,7 @@ def bench_fpfmc(args, spec, features: Path, workdir: Path) -> tuple[dict, list]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "../shared/weights/resnet56-4bfd9763.th",
-                        help="ResNet-56 weights (default: the shared checkpoint; random init when missing)")
-    parser.add_argument("--data-root", type=Path, default=Path("~/.cache/fmprune/cifar10").expanduser(),
-                        help="CIFAR-10 ImageFolder with manifest.csv (default: %(default)s; "
-                             "random Gaussian images when missing)")
+    parser = resnet56_parser(__doc__)
     parser.add_argument("--images", type=int, default=128, help="images scored (default 128)")
     parser.add_argument("--naive-images", type=int, default=8,
                         help="images for the slow straightforward runs (those not in --naive-all); "
@@ -451,14 +360,6 @@ def main() -> None:
         "",
     ])
     write_report(report, args.out)
-
-
-def write_report(report: str, out: Path) -> None:
-    """Print the Markdown report and save it to ``out``."""
-    print("\n" + report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

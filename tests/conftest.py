@@ -33,3 +33,12 @@ def cifar_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def resnet56_checkpoint() -> Path:
     return shared_file("weights", "resnet56-4bfd9763.th")
+
+
+@pytest.fixture
+def run_dirs(tmp_path) -> tuple[Path, Path]:
+    """Folders of two identical training runs: one left alone, one interrupted and resumed."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir()
+    interrupted.mkdir()
+    return straight, interrupted

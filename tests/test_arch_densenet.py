@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from fmprune import FmpruneError
-from fmprune.counting import conv_linear_macs, count
+from fmprune.counting import count
 from fmprune.models import build
 from fmprune.models.densenet import CifarDenseNet
 from fmprune.plan import group_rates, keep_counts

@@ -67,10 +67,8 @@ def read_log(path):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
-def test_signal_checkpoints_mid_epoch_and_resume_is_exact(tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir()
-    interrupted.mkdir()
+def test_signal_checkpoints_mid_epoch_and_resume_is_exact(run_dirs):
+    straight, interrupted = run_dirs
     reference = start(straight)
 
     # 1. SIGUSR1 in epoch 1 (no end-of-epoch checkpoint yet): a mid-epoch checkpoint, exit status 75.

@@ -36,10 +36,8 @@ def run(workdir, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir()
-    interrupted.mkdir()
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(run_dirs):
+    straight, interrupted = run_dirs
     reference = run(straight)
     victim = run(interrupted)
     deadline = time.time() + 300

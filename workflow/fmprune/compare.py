@@ -19,7 +19,7 @@ from scipy.stats import hypergeom
 
 from . import FmpruneError
 from .io import atomic_path, atomic_write_text
-from .models import build
+from .models import spec_of
 from .plan import NATIVE_FORMS
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def chance_jaccard(channels: int, kept_a: int, kept_b: int) -> float:
 def jaccard(plans, baseline: dict) -> pd.DataFrame:
     """Per equal-widths target, pruned group and pair of methods: the Jaccard index of the kept
     channels, and its chance level. Groups neither method pruned are left out."""
-    groups = build(baseline["arch"]).channel_spec().groups
+    groups = spec_of(baseline["arch"]).groups
     by_target: dict[float, dict[str, dict]] = {}
     for p in plans:
         if is_comparison(p["definition"]) and series_of(p["method"], p["definition"]) == EQUAL:

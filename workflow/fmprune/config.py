@@ -65,21 +65,22 @@ def validate(cfg: dict, strict: bool = True) -> dict:
     return cfg
 
 
-def compare_plans(model: dict, methods: list[str]) -> dict[str, dict]:
+def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
     """The operating points a model's ``compare`` block stands for, by plan name.
 
     ``eq<P>``: every method, one scale factor over the shared shape bisected to P% fewer MACs;
     ``native<P>``: the methods with a plan form of their own (CDP, RGD) bisect it to the same target.
     """
-    from .models import build
+    from .models import spec_of
     from .plan import NATIVE_FORMS
 
+    model = cfg["models"][name]
     cmp = model.get("compare")
     if not cmp:
         return {}
-    shape = cmp.get("shape") or f"[1.]*{len(build(model['arch']).channel_spec().rate_layout)}"
+    shape = cmp.get("shape") or f"[1.]*{len(spec_of(model['arch']).rate_layout)}"
     extra = {"seeds": cmp["seeds"], **({"recipe": cmp["recipe"]} if "recipe" in cmp else {})}
-    native = [m for m in model.get("methods", methods) if m in NATIVE_FORMS] if cmp["native"] else []
+    native = [m for m in model_methods(cfg, name) if m in NATIVE_FORMS] if cmp["native"] else []
     plans = {}
     for target in cmp["targets"]:
         pct = f"{100 * target:.4g}"
@@ -99,14 +100,14 @@ def _expand_compare(name: str, model: dict, cfg: dict) -> None:
     if "recipe" in cmp and cmp["recipe"] not in cfg["recipes"]:
         raise ConfigError(f"config error at models.{name}.compare.recipe: no recipe named {cmp['recipe']!r} under recipes")
     if "shape" in cmp:
-        from .models import build
+        from .models import spec_of
         from .plan import group_shape
 
         try:
-            group_shape(build(model["arch"]).channel_spec(), cmp["shape"])
+            group_shape(spec_of(model["arch"]), cmp["shape"])
         except FmpruneError as exc:
             raise ConfigError(f"config error at models.{name}.compare.shape: {exc}") from None
-    for plan_name, plan in compare_plans(model, cfg["methods"]).items():
+    for plan_name, plan in compare_plans(cfg, name).items():
         if model["plans"].setdefault(plan_name, plan) != plan:
             raise ConfigError(f"config error at models.{name}.plans.{plan_name}: the name is taken by the compare "
                               f"block's plan; rename the plan")
@@ -141,9 +142,9 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
                 raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}")
         for plan_name, plan in model["plans"].items():
             for method in plan.get("methods", []):
-                if method not in model.get("methods", cfg["methods"]):
+                if method not in model_methods(cfg, name):
                     raise ConfigError(f"config error at {where}.plans.{plan_name}.methods: {method!r} is not one of "
-                                      f"the model's methods ({', '.join(model.get('methods', cfg['methods']))})")
+                                      f"the model's methods ({', '.join(model_methods(cfg, name))})")
             if "recipe" in plan and plan["recipe"] not in cfg["recipes"]:
                 raise ConfigError(f"config error at {where}.plans.{plan_name}.recipe: no recipe named {plan['recipe']!r} under recipes")
         # the model's finetune_recipe is needed only by plans without a recipe of their own
@@ -157,7 +158,7 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
             raise ConfigError(f"config error at {where}.checkpoint.path: checkpoint file {ckpt['path']} does not exist")
         if ckpt and ckpt["download"] and "sha256" not in ckpt:
             raise ConfigError(f"config error at {where}.checkpoint.sha256: a download needs the file's SHA-256")
-        _check_plans(where, model, cfg["methods"])
+        _check_plans(where, model, model_methods(cfg, name))
         ds = cfg["datasets"][model["dataset"]]
         if ds["kind"] != "digits" and "root" in ds:
             root = Path(ds["root"]).expanduser()
@@ -172,10 +173,11 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
 
 
 def _check_plans(where: str, model: dict, methods: list[str]) -> None:
-    from .models import build
+    """Rate lists and shapes parse; every plan applies to some of ``methods`` (the model's)."""
+    from .models import spec_of
     from .plan import group_rates, group_shape, plan_applies
 
-    spec = build(model["arch"]).channel_spec()
+    spec = spec_of(model["arch"])
     for plan_name, plan in model["plans"].items():
         for key, mapping in (("rates", group_rates), ("shape", group_shape)):
             if key in plan:
@@ -183,9 +185,9 @@ def _check_plans(where: str, model: dict, methods: list[str]) -> None:
                     mapping(spec, plan[key])
                 except FmpruneError as exc:
                     raise ConfigError(f"config error at {where}.plans.{plan_name}.{key}: {exc}") from None
-        applies = [m for m in model.get("methods", methods) if plan_applies(m, plan)]
+        applies = [m for m in methods if plan_applies(m, plan)]
         if plan_name == model["default_plan"] and "methods" not in plan:
-            for method in model.get("methods", methods):
+            for method in methods:
                 if method not in applies:
                     raise ConfigError(f"config error at {where}.default_plan: plan {plan_name!r} does not apply to method {method}")
         if not applies:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 
 import torch
@@ -85,3 +86,23 @@ def count(model: nn.Module, arch: str) -> dict[str, int]:
         "flops": 2 * macs,
         "input_size": size,
     }
+
+
+def pruned_sizes(arch: str, widths: dict[str, int]) -> dict[str, int]:
+    """params, macs and macs_seeds of ``arch`` with groups cut to ``widths`` (channel counts).
+
+    Sizes depend on widths only, so the first channels are kept; results are cached, since plan
+    searches and tables ask for the same widths again and again.
+    """
+    return dict(_pruned_sizes(arch, tuple(sorted(widths.items()))))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pruned_sizes(arch: str, widths: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    from .models import build
+    from .surgery import prune_
+
+    net = prune_(build(arch), {g: torch.arange(w) for g, w in widths})
+    size = input_size(arch)
+    return {"params": sum(p.numel() for p in net.parameters()), "macs": conv_linear_macs(net, size),
+            "macs_seeds": conv_linear_macs(net, size, seeds_convention=True)}

@@ -15,11 +15,11 @@ from . import FmpruneError, __version__
 from . import config as cfglib
 from . import data as datalib
 from .counting import count
-from .features import FeatureFile, extract, indices_sha256, sample_indices, taps_for
+from .features import FeatureFile, extract, sample_indices, taps_for
 from .latency import measure as measure_latency
 from .io import atomic_path, atomic_write_json, check_sha256, download, sha256_file, sha256_json
 from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
-from .models import build, input_size
+from .models import build, input_size, spec_of
 from .plan import NATIVE_FORMS, group_rates, group_shape, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
 from .surgery import load_pruned, prune_, save_pruned
 from .train import evaluate, fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
@@ -194,7 +194,7 @@ def fpfmc_kselect(cfg: dict, model: str, features: Path, out: Path, workers: int
     from tqdm import tqdm
 
     p = _fpfmc_params(cfg)
-    spec = build(cfg["models"][model]["arch"]).channel_spec()
+    spec = spec_of(cfg["models"][model]["arch"])
     with FeatureFile(features) as ff, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update({"images": min(p["images"], ff.n_images), "seed": p["seed"],
                          "sample_sha256": ff.attrs["sample_sha256"]})
@@ -235,7 +235,7 @@ def fpfmc_sort(cfg: dict, model: str, labels_file: Path, out: Path) -> None:
 
 def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) -> None:
     arch = cfg["models"][model]["arch"]
-    spec = build(arch).channel_spec()
+    spec = spec_of(arch)
     plan_cfg = cfg["models"][model]["plans"][plan]
     scored, meta = load_scores(scores_file)
     method, scores = meta["method"], scored.scores
@@ -354,7 +354,5 @@ def provenance(cfg: dict, model: str, method: str, plan: str, sample_sha256: str
 
 def publish_default(src: Path, dest: Path) -> None:
     """``results/{model}/{method}/acc.json``: the default plan and seed, copied atomically."""
-    from .io import atomic_path
-
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import plan_seeds
+from .config import model_methods, plan_seeds
 from .io import atomic_write_text
 
 COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged",
@@ -114,16 +114,13 @@ def _matches(cfg: dict, paper: pd.DataFrame):
     from .plan import plan_applies
 
     for _, row in paper.iterrows():
-        models = [name for name, m in cfg["models"].items() if m["arch"] == row["arch"]]
-        if not models:
-            continue
-        for name in models:
+        for name in [name for name, m in cfg["models"].items() if m["arch"] == row["arch"]]:
             m = cfg["models"][name]
             if row["method"] == "baseline":
                 yield row, name, None
                 continue
             plans = [p for p, pc in m["plans"].items()
-                     if row["method"] in m.get("methods", cfg["methods"]) and plan_applies(row["method"], pc)
+                     if row["method"] in model_methods(cfg, name) and plan_applies(row["method"], pc)
                      and plan_matches(row, pc)]
             if not plans:
                 yield row, name, ""
@@ -169,37 +166,21 @@ def paper_state(cfg: dict, paper_path: Path, results: Path) -> str:
     return sha256_json(state)[:16]
 
 
-_SIZE_CACHE: dict = {}
-
-
 def _sizes(arch: str, kept: dict[str, int | list[int]]) -> dict[str, int]:
-    """params, macs and macs_seeds of ``arch`` pruned to ``kept`` (a count keeps the first channels)."""
-    import torch
+    """params, macs and macs_seeds of ``arch`` pruned to ``kept`` (channel counts or index lists)."""
+    from .counting import pruned_sizes
 
-    from .counting import conv_linear_macs
-    from .models import build, input_size
-    from .surgery import prune_
-
-    key = (arch, tuple(sorted((g, k if isinstance(k, int) else tuple(k)) for g, k in kept.items())))
-    if key not in _SIZE_CACHE:
-        net = build(arch)
-        if kept:
-            prune_(net, {g: torch.arange(k) if isinstance(k, int) else torch.tensor(k) for g, k in kept.items()})
-        size = input_size(arch)
-        _SIZE_CACHE[key] = {"params": sum(p.numel() for p in net.parameters()),
-                            "macs": conv_linear_macs(net, size),
-                            "macs_seeds": conv_linear_macs(net, size, seeds_convention=True)}
-    return _SIZE_CACHE[key]
+    return pruned_sizes(arch, {g: k if isinstance(k, int) else len(k) for g, k in kept.items()})
 
 
 def _planned_sizes(arch: str, plan_cfg: dict, plan_file: Path | None) -> dict | None:
     """Sizes of an operating point without training: a rate list (or uniform rate) from the plan
     alone; a threshold / sparsity / MACs target only from its plan.json (None until it exists)."""
-    from .models import build
+    from .models import spec_of
     from .plan import group_rates, keep_counts, uniform_rates
 
     if "rates" in plan_cfg or "uniform" in plan_cfg:
-        spec = build(arch).channel_spec()
+        spec = spec_of(arch)
         rates = group_rates(spec, plan_cfg["rates"]) if "rates" in plan_cfg else uniform_rates(spec, plan_cfg["uniform"])
         return _sizes(arch, keep_counts(spec, rates))
     if plan_file is not None and plan_file.is_file():

@@ -119,6 +119,8 @@ def evaluate(model: nn.Module, split, norm: Normalization, device: torch.device,
     rank, size = world() if distributed else (0, 1)
     local = indices[shard_slice(len(indices), rank, size)]
     flags = getattr(split, "flags", None)
+    if flags is not None:  # one copy to the device, sliced per batch
+        flags = torch.as_tensor(np.asarray(flags)[local], device=device)
     # Counts stay on the device (no host sync per batch): top-1, top-5, flagged hits, flagged images.
     counts = torch.zeros(4, dtype=torch.long, device=device)
     done = 0
@@ -132,7 +134,7 @@ def evaluate(model: nn.Module, split, norm: Normalization, device: torch.device,
         counts[0] += hit1.sum()
         counts[1] += (top == y[:, None]).any(1).sum()
         if flags is not None:
-            flagged = torch.as_tensor(np.asarray(flags)[local[done : done + len(y)]], device=device)
+            flagged = flags[done : done + len(y)]
             counts[2] += (hit1 & flagged).sum()
             counts[3] += flagged.sum()
         done += len(y)

@@ -5,7 +5,7 @@ import shlex
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from fmprune.config import compare_plans, plan_seeds
+from fmprune.config import compare_plans, model_methods, plan_seeds
 from fmprune.io import atomic_write_text, sha256_json
 from fmprune.methods import METHODS, tap_kind
 from fmprune.plan import plan_applies
@@ -46,19 +46,19 @@ def needs_features(model, method):
     return tap_kind(method) is not None
 
 
-def methods_of(model):
-    return config["models"][model].get("methods", config["methods"])
+def operating_points(model, plans):
+    """(method, plan) pairs of ``model`` among ``plans`` (name -> definition) that run."""
+    return [(method, plan) for method in model_methods(config, model) for plan, plan_cfg in plans.items()
+            if plan_applies(method, plan_cfg)]
+
+
+def acc_targets(model, points):
+    return [f"results/{model}/{method}/{plan}/seed{seed}/acc.json"
+            for method, plan in points for seed in plan_seeds(config, model, plan)]
 
 
 def run_targets():
-    return [
-        f"results/{model}/{method}/{plan}/seed{seed}/acc.json"
-        for model, m in config["models"].items()
-        for method in methods_of(model)
-        for plan, plan_cfg in m["plans"].items()
-        if plan_applies(method, plan_cfg)
-        for seed in plan_seeds(config, model, plan)
-    ]
+    return [path for model, m in config["models"].items() for path in acc_targets(model, operating_points(model, m["plans"]))]
 
 
 def default_targets():
@@ -66,9 +66,13 @@ def default_targets():
     return [
         f"results/{model}/{method}/acc.json"
         for model, m in config["models"].items()
-        for method in methods_of(model)
+        for method in model_methods(config, model)
         if plan_applies(method, m["plans"][m["default_plan"]])
     ]
+
+
+def compare_targets():
+    return [f"results/compare/{model}/table.md" for model, m in config["models"].items() if "compare" in m]
 
 
 def finetune_recipe(w):

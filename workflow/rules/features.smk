@@ -10,7 +10,7 @@ rule extract:
     log:
         "results/{model}/features.log",
     params:
-        fingerprint=lambda w: fingerprint(config["features"], sorted({tap_kind(m) or "" for m in methods_of(w.model)})),
+        fingerprint=lambda w: fingerprint(config["features"], sorted({tap_kind(m) or "" for m in model_methods(config, w.model)})),
     threads: 2
     resources:
         mem_mb=8000,

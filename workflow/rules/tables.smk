@@ -40,19 +40,12 @@ rule paper_table:
 # The equal-cost comparison of a model with a `compare` block: its eq<P> / native<P> plans (every
 # method at the same widths; CDP / RGD also by their own knob), all seeds, plus kept-set agreement.
 def compare_inputs(w):
-    plans = compare_plans(model_cfg(w), config["methods"])
-    runs = [(method, plan) for plan, plan_cfg in plans.items() for method in methods_of(w.model)
-            if plan_applies(method, plan_cfg)]
+    points = operating_points(w.model, compare_plans(config, w.model))
     return {
-        "acc": [f"results/{w.model}/{method}/{plan}/seed{seed}/acc.json" for method, plan in runs
-                for seed in plans[plan]["seeds"]],
-        "plans": [f"results/{w.model}/{method}/{plan}/plan.json" for method, plan in runs],
+        "acc": acc_targets(w.model, points),
+        "plans": [f"results/{w.model}/{method}/{plan}/plan.json" for method, plan in points],
         "baseline": f"results/{w.model}/baseline/acc.json",
     }
-
-
-def compare_targets():
-    return [f"results/compare/{model}/table.md" for model, m in config["models"].items() if "compare" in m]
 
 
 rule compare:

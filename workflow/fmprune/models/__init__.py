@@ -5,6 +5,7 @@ that defines it, the factory in that module, and the input side the papers count
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 from torch import nn
@@ -38,6 +39,12 @@ def build(arch: str, num_classes: int | None = None) -> nn.Module:
     return make() if num_classes is None else make(num_classes=num_classes)
 
 
+@functools.lru_cache(maxsize=None)
+def spec_of(arch: str) -> ArchSpec:
+    """The channel spec of ``arch`` (frozen, shared): built once per process, not per question."""
+    return build(arch).channel_spec()
+
+
 def input_size(arch: str) -> int:
     """Side of the square input the papers count cost on (32 for CIFAR, 224 for ImageNet)."""
     if arch not in _REGISTRY:
@@ -45,4 +52,4 @@ def input_size(arch: str) -> int:
     return _REGISTRY[arch][2]
 
 
-__all__ = ["ARCHS", "ArchSpec", "ChannelGroup", "ModuleIO", "RateEntry", "build", "input_size"]
+__all__ = ["ARCHS", "ArchSpec", "ChannelGroup", "ModuleIO", "RateEntry", "build", "input_size", "spec_of"]
