@@ -12,7 +12,8 @@ if not config:
 try:
     config = validate(config, strict=False)  # a missing dataset root only warns here (see fmprune.config)
 except ConfigError as exc:
-    sys.exit(f"fmprune: {exc}")
+    print(f"fmprune: error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 report: "workflow/report/workflow.rst"
@@ -26,8 +27,14 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/tables.smk"
 
 
+for target in requested_targets():
+    if problem := unknown_target(target):
+        print(f"fmprune: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
 rule all:
     input:
-        "results/tables/summary.md",
+        paths.SUMMARY_MD,
         default_targets(),
         compare_targets(),

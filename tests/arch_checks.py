@@ -29,6 +29,30 @@ def paper_rows(arch: str) -> list[dict]:
         return [r for r in csv.DictReader(f) if r["arch"] == arch]
 
 
+def params_without_bn(model: torch.nn.Module) -> int:
+    """Parameters outside BatchNorm: how the papers count their baselines (VGG-16's 14.98M)."""
+    return sum(p.numel() for m in model.modules() if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for p in m.parameters(recurse=False))
+
+
+def bn_elements(model: torch.nn.Module, size: int) -> int:
+    """BatchNorm output elements on one size × size input: the seeds' thop charged 2 operations for each."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Non-trivial BN statistics and affine terms, so that masking mistakes show."""
     gen = torch.Generator().manual_seed(seed)
@@ -57,9 +81,10 @@ def assert_pruned_equals_masked(model: torch.nn.Module, x: torch.Tensor, plans: 
         kept = random_plan(model.channel_spec(), seed)
         pruned, masked = pruned_copy(model, kept), mask_(copy.deepcopy(model), kept)
         with torch.no_grad():
-            a, b = pruned(x), masked(x)
-        tol = 1e-4 * max(1.0, b.abs().max().item())
-        assert torch.allclose(a, b, rtol=1e-4, atol=tol), (a - b).abs().max()
+            outputs = pruned(x), masked(x)
+        for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in outputs)):  # several outputs: each
+            tol = 1e-4 * max(1.0, b.abs().max().item())
+            assert torch.allclose(a, b, rtol=1e-4, atol=tol), (a - b).abs().max()
 
 
 def sizes_for_rates(model: torch.nn.Module, arch: str, rates: str) -> dict:
@@ -96,4 +121,5 @@ def assert_every_method_runs(model: torch.nn.Module, x: torch.Tensor, tmp_path: 
             kept = kept_from_scores(spec, scores, uniform_rates(spec, 0.5))
             with torch.no_grad():
                 out = pruned_copy(model, {g: torch.tensor(k) for g, k in kept.items()})(x)
+            out = out[0] if isinstance(out, tuple) else out  # several outputs (U²-Net-P): the first
             assert out.shape[0] == len(x) and torch.isfinite(out).all(), method

@@ -10,7 +10,8 @@ from fmprune.models.densenet import CifarDenseNet
 from fmprune.plan import group_rates, keep_counts
 from fmprune.surgery import load_pruned, pruned_copy, save_pruned
 
-from .arch_checks import assert_every_method_runs, assert_pruned_equals_masked, paper_rows, sizes_for_rates
+from .arch_checks import (assert_every_method_runs, assert_pruned_equals_masked, bn_elements, paper_rows,
+                          params_without_bn, sizes_for_rates)
 
 ARCH = "densenet40"
 
@@ -19,27 +20,6 @@ ARCH = "densenet40"
 def model():
     torch.manual_seed(0)
     return build(ARCH).eval()
-
-
-def params_without_bn(m: nn.Module) -> int:
-    return sum(p.numel() for mod in m.modules() if not isinstance(mod, nn.BatchNorm2d)
-               for p in mod.parameters(recurse=False))
-
-
-def bn_elements(m: nn.Module, size: int = 32) -> int:
-    """Elements every BatchNorm sees on one input: the seeds' thop charged 2 ops for each."""
-    total = 0
-
-    def hook(_m, inp, _out):
-        nonlocal total
-        total += inp[0].numel()
-
-    handles = [mod.register_forward_hook(hook) for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
-    with torch.no_grad():
-        m.eval()(torch.zeros(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    return total
 
 
 def test_baseline_counts_match_the_papers(model):
@@ -52,7 +32,7 @@ def test_baseline_counts_match_the_papers(model):
     # 2 ops per BN element, gives 287.71M); ours is 0.33% above it: tolerance 0.5%, exact value pinned.
     assert c["macs"] == 282_917_328
     assert abs(c["macs"] - float(row["macs_m"]) * 1e6) <= 0.005 * float(row["macs_m"]) * 1e6
-    assert c["macs_seeds"] == c["macs"] + 2 * bn_elements(model) == 287_709_648
+    assert c["macs_seeds"] == c["macs"] + 2 * bn_elements(model, 32) == 287_709_648
     # The installed thop (0.1.1) charges 4 ops per affine BN element, the seeds' thop 2: macs_thop
     # (292.50M here) is not the seeds' convention; macs_seeds is.
     assert c["flops"] == 2 * c["macs"] and c["macs_thop"] > c["macs"]

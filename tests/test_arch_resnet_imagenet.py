@@ -23,7 +23,8 @@ from fmprune.models import build, input_size
 from fmprune.models.resnet_imagenet import resnet18, resnet50
 from fmprune.plan import group_rates, keep_count
 
-from .arch_checks import assert_every_method_runs, assert_pruned_equals_masked, paper_rows, sizes_for_rates
+from .arch_checks import (assert_every_method_runs, assert_pruned_equals_masked, bn_elements, paper_rows,
+                          sizes_for_rates)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -45,24 +46,6 @@ def r18() -> nn.Module:
 
 def build_narrow(arch: str, width: float, num_classes: int = 10) -> nn.Module:
     return {"resnet50": resnet50, "resnet18": resnet18}[arch](num_classes=num_classes, width=width)
-
-
-def bn_elements(model: nn.Module, size: int = 224) -> int:
-    """BatchNorm output elements on one input: the seeds' thop charged 2 per element."""
-    total = 0
-
-    def hook(_m, _i, out):
-        nonlocal total
-        total += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 # --- torchvision compatibility -------------------------------------------------------------------
@@ -208,7 +191,7 @@ def test_resnet50_baseline_counts_match_the_papers(r50):
     # conv + linear: 4,089,184,256 = CDP's "base 4089M" exactly (torchvision's 4.09 GMACs).
     assert c["macs"] == 4_089_184_256
     # HRankPlus's 4.11G is the seeds' thop: conv + linear + 2 per BN output element.
-    bn = bn_elements(r50)
+    bn = bn_elements(r50, 224)
     assert c["macs"] + 2 * bn == 4_111_412_224
     assert c.get("macs_seeds", c["macs"] + 2 * bn) == c["macs"] + 2 * bn  # fmprune.counting's, where present
     assert abs((c["macs"] + 2 * bn) / 1e6 - float(row["macs_m"])) <= 0.001 * float(row["macs_m"])
@@ -222,7 +205,7 @@ def test_resnet18_baseline_counts(r18):
     assert c["macs"] == 1_814_073_344  # torchvision's 1.81 GMACs
     # CDP prints "base 1820M": within 0.4% of conv + linear; the seeds' thop gives 1.819G.
     assert abs(c["macs"] - 1820e6) <= 0.004 * 1820e6
-    assert abs(c["macs"] + 2 * bn_elements(r18) - 1820e6) <= 0.001 * 1820e6
+    assert abs(c["macs"] + 2 * bn_elements(r18, 224) - 1820e6) <= 0.001 * 1820e6
 
 
 def test_resnet50_seed_rows(r50):
@@ -235,7 +218,7 @@ def test_resnet50_seed_rows(r50):
         sizes = sizes_for_rates(r50, "resnet50", row["plan"])
         rates = group_rates(spec, row["plan"])
         kept = {g: torch.arange(keep_count(spec.groups[g].channels, r)) for g, r in rates.items()}
-        macs_seeds = sizes["macs"] + 2 * bn_elements(pruned_copy(r50, kept))
+        macs_seeds = sizes["macs"] + 2 * bn_elements(pruned_copy(r50, kept), 224)
         if row["seed"] == "CFDP":
             # Paper 15.09M / 2.26G. Params agree to the last printed digit; the paper's MACs are
             # the seeds' thop convention (conv + linear alone is 2.240G, 0.9% lower).

@@ -7,7 +7,7 @@ Cost conventions met below (see METHODS.md, "Counting cost"):
                   conv output element for the conv bias and 2 per BatchNorm output element.
                   It reproduces every VGG row of paper_results.csv to the printed digit.
 Params: ``params`` counts BatchNorm's gamma and beta; the papers' baselines (14.98M, 6.15M)
-are the count without them (``params_nobn``).
+are the count without them (``params_without_bn``).
 """
 from __future__ import annotations
 
@@ -22,14 +22,8 @@ from fmprune.models.googlenet import googlenet
 from fmprune.models.vgg import vgg16_bn
 from fmprune.plan import group_rates
 
-from .arch_checks import assert_every_method_runs, assert_pruned_equals_masked, paper_rows, sizes_for_rates
-
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-def params_nobn(model: nn.Module) -> int:
-    return sum(p.numel() for m in model.modules() if not isinstance(m, _BN) for p in m.parameters(recurse=False))
-
+from .arch_checks import (assert_every_method_runs, assert_pruned_equals_masked, paper_rows, params_without_bn,
+                          sizes_for_rates)
 
 def seed_thop_macs(model: nn.Module, size: int = 32) -> int:
     """Conv + linear MACs, + 1 per biased conv output element, + 2 per BatchNorm output element."""
@@ -85,8 +79,8 @@ def test_vgg_baseline_counts_match_the_papers():
     # Conv bias present, as in the seeds' CIFAR VGG: 14.98M is the count without BN (14,978,250
     # without conv bias would print the same, but the seeds' pruned MACs below need the bias).
     assert c["params"] == 14_991_946
-    assert params_nobn(model) == 14_982_474
-    assert abs(params_nobn(model) / 1e6 - float(row["params_m"])) <= half_unit(row["params_m"])
+    assert params_without_bn(model) == 14_982_474
+    assert abs(params_without_bn(model) / 1e6 - float(row["params_m"])) <= half_unit(row["params_m"])
     # 313.73M: conv + linear MACs are 313.46M (CDP's "313.5M"); +1 per conv-bias output gives
     # 313.74M. We assert the conv + linear count within 0.1 %.
     assert c["macs"] == 313_463_808
@@ -111,7 +105,7 @@ def test_vgg_seed_configurations_reproduce_the_papers(plan):
     params, nobn, macs, seed = VGG_ROWS[plan]
     model = pruned_for("vgg16_bn", plan)
     c = sizes_for_rates(build("vgg16_bn"), "vgg16_bn", plan)
-    assert (c["params"], params_nobn(model), c["macs"], seed_thop_macs(model)) == (params, nobn, macs, seed)
+    assert (c["params"], params_without_bn(model), c["macs"], seed_thop_macs(model)) == (params, nobn, macs, seed)
     assert abs(nobn / 1e6 - float(row["params_m"])) <= half_unit(row["params_m"])
     assert abs(seed / 1e6 - float(row["macs_m"])) <= half_unit(row["macs_m"])
     # Our conv + linear count and the installed thop's bracket the paper's figure.
@@ -164,8 +158,8 @@ def test_googlenet_baseline_counts_match_the_papers():
     c = count(model, "googlenet")
     row = paper_row("googlenet", None)
     assert c["params"] == 6_166_250
-    assert params_nobn(model) == 6_150_442  # the papers' 6.15M is the count without BN
-    assert abs(params_nobn(model) / 1e6 - float(row["params_m"])) <= half_unit(row["params_m"])
+    assert params_without_bn(model) == 6_150_442  # the papers' 6.15M is the count without BN
+    assert abs(params_without_bn(model) / 1e6 - float(row["params_m"])) <= half_unit(row["params_m"])
     assert c["macs"] == 1_521_756_160  # papers: 1.52G (conv + linear)
     assert abs(c["macs"] / 1e9 - float(row["macs_m"]) / 1e3) <= 0.005
     assert input_size("googlenet") == 32
@@ -192,7 +186,7 @@ def test_googlenet_seed_configurations_match_the_papers(plans):
     params, nobn, macs = GOOGLENET_NETS[plans]
     model = pruned_for("googlenet", plans[0])
     c = count(model, "googlenet")
-    assert (c["params"], params_nobn(model), c["macs"]) == (params, nobn, macs)
+    assert (c["params"], params_without_bn(model), c["macs"]) == (params, nobn, macs)
     ours = {"macs": c["macs"], "macs_thop": c["macs_thop"], "seed_thop": seed_thop_macs(model)}
     for plan in plans:
         for row in [r for r in paper_rows("googlenet") if r["plan"] == plan]:

@@ -33,6 +33,8 @@ def test_the_default_config_is_valid(tmp_path):
     (lambda c: c["models"]["resnet20"].update(arch="resnet99"), "unknown architecture 'resnet99'"),
     (lambda c: c["recipes"]["digits-finetune"].update(epochs="three"), "recipes.digits-finetune.epochs"),
     (lambda c: c["models"]["resnet20"]["plans"].update(bad={"rates": "[0.1]*3"}), "models.resnet20.plans.bad.rates"),
+    (lambda c: c["models"]["resnet20"]["plans"].update(big={"target_macs": 10**9}),
+     "models.resnet20.plans.big.target_macs: 1,000,000,000 is not below the baseline's 40,551,040 MACs (resnet20)"),
     (lambda c: c.update(colour="blue"), "colour"),
 ])
 def test_bad_config_is_one_line(tmp_path, mutate, expected):

@@ -26,7 +26,9 @@ import textwrap
 
 import torch
 
-SCRIPT = textwrap.dedent("""
+from .conftest import DIGITS16, recipe
+
+SCRIPT = f"DIGITS16 = {DIGITS16!r}\nRECIPE = {recipe(train_subset=193)!r}\n" + textwrap.dedent("""
     import json, sys, torch
     import torch.distributed as dist
     from pathlib import Path
@@ -73,12 +75,8 @@ SCRIPT = textwrap.dedent("""
     save, write_log = train.atomic_torch_save, train._write_log
     train.atomic_torch_save = lambda obj, path: (writes.append(str(path)), save(obj, path))
     train._write_log = lambda path, history: (writes.append(str(path)), write_log(path, history))
-    data = load("digits", {"kind": "digits", "resolution": 16, "test_fraction": 0.5, "split_seed": 0,
-                           "normalize": {"mean": [0.2] * 3, "std": [0.3] * 3}})
-    # 193 images in batches of 32: the last global batch has 1 image, so rank 1 gets none.
-    recipe = {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-              "label_smoothing": 0.1, "schedule": "step", "milestones": [1], "gamma": 0.1, "augment": True,
-              "val_fraction": 0.0, "train_subset": 193, "eval_batch_size": 500}
+    data = load("digits", DIGITS16)
+    recipe = RECIPE  # 193 images in batches of 32: the last global batch has 1 image, so rank 1 gets none.
     report = {"rank": rank, "world": world}
     for name in ("plain", "resnet20"):
         torch.manual_seed(0)

@@ -2,12 +2,17 @@
 import numpy as np
 import pytest
 
+import yaml
+
 from fmprune import FmpruneError
+from fmprune import config as cfglib
 from fmprune.methods import rgd
 from fmprune.methods.cdp import select_global
 from fmprune.models import build
-from fmprune.plan import (kept_from_scores, macs_of, native_kept, plan_applies, reach_macs, shaped_rates,
-                          uniform_rates)
+from fmprune.plan import (FORMS, fixed_rates, kept_from_scores, macs_of, native_kept, plan_applies, plan_form,
+                          plan_kept, reach_macs, shaped_rates, target_knob, uniform_rates)
+
+from .test_config import REPO
 
 ARCH = "resnet20"
 
@@ -81,3 +86,36 @@ def test_rgd_similarity_threshold_bisection(spec):
         0.0, 1.0, False)
     assert macs <= target and 0.0 <= threshold <= 1.0
     assert rgd.decompose(sims["stage1"], norms["stage1"], threshold)[0].tolist() == kept["stage1"]
+
+
+def test_a_plan_definition_has_one_form_and_plan_answers_what_it_implies(spec):
+    definitions = [{"rates": "[0.1]*12"}, {"uniform": 0.3}, {"sparsity": 0.3}, {"threshold": 0.7},
+                   {"target_macs": 10**7}, {"target_reduction": 0.5, "shape": "[1.]*12"}]
+    assert [plan_form(d) for d in definitions] == list(FORMS)
+    with pytest.raises(FmpruneError, match="exactly one of"):
+        plan_form({"uniform": 0.3, "sparsity": 0.3})
+    assert fixed_rates(spec, {"uniform": 0.5}) == uniform_rates(spec, 0.5)
+    assert all(fixed_rates(spec, d) is None for d in definitions[2:])
+    assert target_knob("cdp", {"target_macs": 10**7}) == "sparsity"
+    assert target_knob("rgd", {"target_reduction": 0.5}) == "threshold"
+    assert target_knob("cdp", definitions[5]) == target_knob("hrank", {"target_macs": 10**7}) == "scale"
+
+
+@pytest.mark.parametrize("definition,message", [
+    ({"target_macs": 40_551_040}, "target_macs: 40,551,040 is not below the baseline's 40,551,040 MACs (resnet20)"),
+    ({"target_macs": 10**9}, "target_macs: 1,000,000,000 is not below the baseline's 40,551,040 MACs (resnet20)"),
+    ({"target_reduction": 1e-17},
+     "target_reduction: 1e-17 leaves 40,551,040 MACs, which is not below the baseline's 40,551,040 MACs (resnet20)"),
+])
+def test_a_mac_target_the_baseline_already_meets_is_refused(spec, definition, message):
+    """The bisection's least pruning still removes a channel per group: such a target is an error."""
+    assert macs_of(ARCH, {}) == 40_551_040
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["models"]["resnet20"]["plans"]["big"] = definition
+    with pytest.raises(cfglib.ConfigError) as err:
+        cfglib.validate(cfg)
+    assert str(err.value) == f"config error at models.resnet20.plans.big.{message}"
+    with pytest.raises(FmpruneError, match="is not below the baseline's"):
+        plan_kept(spec, "hrank", definition, random_scores(spec), {})
+    cfg["models"]["resnet20"]["plans"]["big"] = {"target_macs": 40_551_039}  # just below: a valid target
+    cfglib.validate(cfg)

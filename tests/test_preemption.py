@@ -2,27 +2,16 @@
 training run write a checkpoint with its position in the epoch and exit with status 75; the
 restarted run resumes there, and ends bit for bit where an uninterrupted run ends."""
 import csv
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import torch
 
 from fmprune.train import PREEMPTED_EXIT
 
-SCRIPT = textwrap.dedent("""
-    import sys, torch
-    from pathlib import Path
-    from fmprune.data import load
-    from fmprune.models import build
-    from fmprune.train import fit
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    data = load("digits", {"kind": "digits", "resolution": 16, "test_fraction": 0.5, "split_seed": 0,
-                           "normalize": {"mean": [0.2] * 3, "std": [0.3] * 3}})
+from .conftest import fit_script, recipe, start_script
+
+SCRIPT = fit_script(recipe(), after_loading="""
     train_batches = data.train.batches
     def batches(*args, **kw):  # a progress line per training batch, for the test to aim its signal
         for i, item in enumerate(train_batches(*args, **kw)):
@@ -30,21 +19,7 @@ SCRIPT = textwrap.dedent("""
                 print(f"train-batch {i}", flush=True)
             yield item
     data.train.batches = batches
-    torch.manual_seed(0)
-    model = build("resnet20")
-    recipe = {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-              "label_smoothing": 0.1, "schedule": "step", "milestones": [1], "gamma": 0.1, "augment": True,
-              "val_fraction": 0.0, "train_subset": 320, "eval_batch_size": 500}
-    out = Path(sys.argv[1])
-    fit(model, data, recipe, seed=1, workdir=out, device=torch.device("cpu"), log_csv=out / "log.csv")
-    torch.save(model.state_dict(), out / "final.pt")
 """)
-
-
-def start(workdir):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-u", "-c", SCRIPT, str(workdir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 def signal_during(proc, sig, epoch_line, batch):
@@ -69,10 +44,10 @@ def read_log(path):
 
 def test_signal_checkpoints_mid_epoch_and_resume_is_exact(run_dirs):
     straight, interrupted = run_dirs
-    reference = start(straight)
+    reference = start_script(SCRIPT, straight)
 
     # 1. SIGUSR1 in epoch 1 (no end-of-epoch checkpoint yet): a mid-epoch checkpoint, exit status 75.
-    victim = start(interrupted)
+    victim = start_script(SCRIPT, interrupted)
     out = signal_during(victim, signal.SIGUSR1, None, 3)
     assert victim.returncode == PREEMPTED_EXIT, out
     assert "received SIGUSR1" in out
@@ -82,7 +57,7 @@ def test_signal_checkpoints_mid_epoch_and_resume_is_exact(run_dirs):
     assert 4 <= stopped_at < 10  # after the batch in flight when the signal came, before the epoch's end
 
     # 2. The retry resumes there; SIGTERM in epoch 2 stops it again.
-    victim = start(interrupted)
+    victim = start_script(SCRIPT, interrupted)
     out = signal_during(victim, signal.SIGTERM, "epoch 1/2", 2)
     assert victim.returncode == PREEMPTED_EXIT, out
     assert f"resuming from {interrupted / 'checkpoint.pt'} in epoch 1 after batch {stopped_at}" in out
@@ -91,7 +66,7 @@ def test_signal_checkpoints_mid_epoch_and_resume_is_exact(run_dirs):
     assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
 
     # 3. The last retry finishes; weights, BatchNorm statistics and the log equal the uninterrupted run's.
-    victim = start(interrupted)
+    victim = start_script(SCRIPT, interrupted)
     out, _ = victim.communicate(timeout=120)
     assert victim.returncode == 0, out
     ref_out, _ = reference.communicate(timeout=120)

@@ -1,45 +1,19 @@
 """Fine-tuning: a run killed with SIGKILL resumes from its last checkpoint and ends where an
 uninterrupted run ends."""
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import torch
 
-SCRIPT = textwrap.dedent("""
-    import sys, time, torch
-    from pathlib import Path
-    from fmprune.data import load
-    from fmprune.models import build
-    from fmprune.train import fit
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    data = load("digits", {"kind": "digits", "resolution": 16, "test_fraction": 0.5, "split_seed": 0,
-                           "normalize": {"mean": [0.2] * 3, "std": [0.3] * 3}})
-    torch.manual_seed(0)
-    model = build("resnet20")
-    recipe = {"epochs": 4, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-              "label_smoothing": 0.1, "schedule": "step", "milestones": [2], "gamma": 0.1, "augment": True,
-              "val_fraction": 0.1, "train_subset": 300, "eval_batch_size": 500}
-    out = Path(sys.argv[1])
-    summary = fit(model, data, recipe, seed=1, workdir=out, device=torch.device("cpu"), log_csv=out / "log.csv")
-    torch.save(model.state_dict(), out / "final.pt")
-""")
+from .conftest import DIGITS16, fit_script, recipe, start_script
 
-
-def run(workdir, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(workdir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+SCRIPT = fit_script(recipe(epochs=4, batch_size=64, milestones=[2], val_fraction=0.1, train_subset=300))
 
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(run_dirs):
     straight, interrupted = run_dirs
-    reference = run(straight)
-    victim = run(interrupted)
+    reference = start_script(SCRIPT, straight)
+    victim = start_script(SCRIPT, interrupted)
     deadline = time.time() + 300
     while not (interrupted / "checkpoint.pt").exists():  # first epoch done
         assert time.time() < deadline and victim.poll() is None, victim.stdout.read() if victim.poll() is not None else ""
@@ -48,7 +22,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(run_dirs):
     victim.wait()
     epoch_at_kill = torch.load(interrupted / "checkpoint.pt", weights_only=True)["epoch"]
     assert epoch_at_kill < 4 and not (interrupted / "final.pt").exists()
-    resumed = run(interrupted)
+    resumed = start_script(SCRIPT, interrupted)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert f"resuming from {interrupted / 'checkpoint.pt'} after epoch {epoch_at_kill}" in out
@@ -66,15 +40,13 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, capsys):
     from fmprune.models import build
     from fmprune.train import fit
 
-    data = load("digits", {"kind": "digits", "resolution": 16, "test_fraction": 0.5, "split_seed": 0,
-                           "normalize": {"mean": [0.2] * 3, "std": [0.3] * 3}})
-    recipe = {"epochs": 1, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
-              "label_smoothing": 0.0, "schedule": "constant", "milestones": [], "gamma": 0.1, "augment": False,
-              "val_fraction": 0.0, "train_subset": 64, "eval_batch_size": 500}
+    data = load("digits", DIGITS16)
+    short = recipe(epochs=1, batch_size=64, nesterov=False, label_smoothing=0.0, schedule="constant", milestones=[],
+                   augment=False, train_subset=64)
 
     def train(init_seed, **changes):
         torch.manual_seed(init_seed)
-        fit(build("resnet20"), data, dict(recipe, **changes), seed=1, workdir=tmp_path, device=torch.device("cpu"),
+        fit(build("resnet20"), data, dict(short, **changes), seed=1, workdir=tmp_path, device=torch.device("cpu"),
             log_csv=tmp_path / "log.csv")
         return capsys.readouterr().out
 

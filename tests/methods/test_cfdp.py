@@ -7,13 +7,7 @@ from scipy.ndimage import gaussian_filter
 from benchmarks.naive import cfdp as naive
 from fmprune.methods import cfdp
 
-
-def _batches(rng, sizes, c, h, w, relu=False):
-    out = []
-    for b in sizes:
-        x = rng.standard_normal((b, c, h, w)).astype(np.float32)
-        out.append(torch.from_numpy(np.maximum(x, 0) if relu else x))
-    return out
+from ..conftest import random_batches
 
 
 @pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (3, 3), (5, 5), (8, 8), (7, 7), (6, 4), (1, 5)])
@@ -21,7 +15,7 @@ def _batches(rng, sizes, c, h, w, relu=False):
 @pytest.mark.parametrize("relu", [False, True])
 def test_matches_naive(h, w, block, relu):
     rng = np.random.default_rng(100 * h + w + block)
-    batches = _batches(rng, [3, 1, 2], 4, h, w, relu)
+    batches = random_batches(rng, [3, 1, 2], 4, h, w, relu)
     got = cfdp.channel_scores(iter(batches), block=block)
     want = naive.channel_scores(batches, block=block)
     assert got.dtype == np.float64 and got.shape == (4,)
@@ -30,7 +24,7 @@ def test_matches_naive(h, w, block, relu):
 
 def test_matches_naive_other_parameters():
     rng = np.random.default_rng(1)
-    batches = _batches(rng, [2, 2], 3, 9, 9)
+    batches = random_batches(rng, [2, 2], 3, 9, 9)
     got = cfdp.channel_scores(batches, block=4, sigma=0.7, alpha=0.5)
     want = naive.channel_scores(batches, block=4, sigma=0.7, alpha=0.5)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)

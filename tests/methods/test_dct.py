@@ -6,13 +6,11 @@ from scipy.fft import dct as scipy_dct
 from benchmarks.naive import dct as naive
 from fmprune.methods import dct
 
+from ..conftest import random_batches
+
 SHAPES = [(1, 1), (2, 2), (3, 3), (5, 5), (8, 8), (7, 7), (4, 6), (1, 5)]
 BANDS = ["low:1", "low:2", "low:3", "low:100", "zigzag:0.01", "zigzag:0.3", "zigzag:0.5",
          "zigzag:0.99", "zigzag:1"]
-
-
-def _batches(rng, sizes, c, h, w):
-    return [torch.from_numpy(rng.standard_normal((b, c, h, w)).astype(np.float32)) for b in sizes]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 8])
@@ -53,7 +51,7 @@ def test_all_is_energy_per_map(h, w):
 @pytest.mark.parametrize("band", ["all"] + BANDS)
 def test_matches_naive(h, w, band):
     rng = np.random.default_rng(10 * h + w)
-    batches = _batches(rng, [2, 1, 3], 3, h, w)
+    batches = random_batches(rng, [2, 1, 3], 3, h, w)
     got = dct.channel_scores(iter(batches), band=band)
     want = naive.channel_scores(batches, band=band)
     assert got.dtype == np.float64 and got.shape == (3,)

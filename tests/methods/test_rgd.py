@@ -10,16 +10,12 @@ import torch
 from benchmarks.naive import rgd as naive
 from fmprune.methods import rgd
 
+from ..conftest import random_batches
+
 
 # --------------------------------------------------------------------------------------------
 # similarity
 # --------------------------------------------------------------------------------------------
-def _random_batches(rng, sizes, c, h, w):
-    # continuous random data: a coefficient equal to its block mean (a float tie) has
-    # probability ~0, so the bits of both implementations agree exactly
-    return [torch.from_numpy(rng.standard_normal((b, c, h, w)).astype(np.float32)) for b in sizes]
-
-
 def _assert_same_similarity(fast, slow, n_images, n_bits):
     assert fast.dtype == np.float64 and fast.shape == slow.shape
     # one differing bit in one image moves an entry by 1 / (n_images · n_bits) ≥ 1e-4 here, so
@@ -46,7 +42,7 @@ def _assert_same_similarity(fast, slow, n_images, n_bits):
 def test_similarity_matches_naive_loop(h, w, hash_size, sizes):
     rng = np.random.default_rng(1000 + 31 * h + w + hash_size)
     c = 7
-    batches = _random_batches(rng, sizes, c, h, w)
+    batches = random_batches(rng, sizes, c, h, w)
     fast = rgd.similarity(iter(batches), hash_size=hash_size)
     slow = naive.similarity(batches, hash_size=hash_size)
     n_bits = min(hash_size, h) * min(hash_size, w)
@@ -58,7 +54,7 @@ def test_similarity_matches_naive_loop(h, w, hash_size, sizes):
 
 def test_similarity_is_independent_of_batching_and_chunking(monkeypatch):
     rng = np.random.default_rng(7)
-    (whole,) = _random_batches(rng, [9], 5, 8, 8)
+    (whole,) = random_batches(rng, [9], 5, 8, 8)
     one = rgd.similarity([whole])
     split = rgd.similarity(list(whole.split([2, 3, 4])))
     np.testing.assert_array_equal(one, split)

@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("arch")
     c.add_argument("--rates", help="prune first by this rate list (the seeds' syntax), keeping the first channels")
     c.add_argument("--model-file", type=Path, help="count a saved model instead")
+    ck = sub.add_parser("check", help="can fmprune prune this model? trace, prune a random plan, prove pruned == masked")
+    ck.add_argument("arch", nargs="+", help="a registered architecture or torchvision/<builder> (random weights)")
+    ck.add_argument("--input-size", type=int, help="side of the square test input (default: the architecture's, 224)")
+    lay = sub.add_parser("layout", help="the rate-list layout of an architecture: entry -> groups -> channels, modules")
+    lay.add_argument("arch", help="a registered architecture or torchvision/<builder>")
+    lay.add_argument("--input-size", type=int, help="side of the square input to trace on (default 224)")
 
     step("baseline", "import or train the baseline model", "out", "workdir")
     step("evaluate", "accuracy and cost of a saved model", "model-file", "out")
@@ -75,7 +81,7 @@ def _count(args) -> dict:
         net = load_pruned(args.model_file)
         return count(net, net.meta["arch"])
     net = build(args.arch)
-    if args.rates:
+    if args.rates is not None:  # "" is a malformed rate list, not "no rates"
         spec = net.channel_spec()
         rates = group_rates(spec, args.rates)
         prune_(net, {g: torch.arange(keep_count(spec.groups[g].channels, r)) for g, r in rates.items()})
@@ -126,6 +132,20 @@ def _run(args, argv: list[str]) -> int:
 
     if args.command == "count":
         print(json.dumps(_count(args), indent=2))
+        return 0
+    if args.command == "check":
+        from .check import check
+
+        passed = True
+        for arch in args.arch:
+            ok, line = check(arch, args.input_size)
+            print(line, flush=True)
+            passed &= ok
+        return 0 if passed else 1
+    if args.command == "layout":
+        from .check import layout
+
+        print("\n".join(layout(args.arch, args.input_size)))
         return 0
     if args.command == "table":
         from . import tables

@@ -6,7 +6,6 @@ of top-1 against MACs, and the overlap (Jaccard index) of the channels the metho
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from matplotlib.lines import Line2D
 from scipy.stats import hypergeom
 
 from . import FmpruneError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, read_json
 from .models import spec_of
-from .plan import NATIVE_FORMS
+from .plan import is_target, target_knob, target_reduction
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +61,22 @@ def compare(acc_files: list[Path], plan_files: list[Path], baseline_file: Path, 
 
 
 def _read(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return read_json(path, "result")
 
 
 # ---------------------------------------------------------------------------------------------
 # Series and targets
 
 
-def is_comparison(definition: dict) -> bool:
-    return "target_reduction" in definition or "target_macs" in definition
-
-
 def series_of(method: str, definition: dict) -> str:
     """Native when the method bisected its own knob (CDP's sparsity, RGD's threshold) to the
     target: its widths are its own. Otherwise one scale factor gives every method the same widths."""
-    return NATIVE if method in NATIVE_FORMS and "shape" not in definition else EQUAL
+    return EQUAL if target_knob(method, definition) == "scale" else NATIVE
 
 
 def target_pct(definition: dict, baseline_macs: int) -> float:
     """The MAC reduction a plan aims at, in percent (1 decimal)."""
-    if "target_reduction" in definition:
-        return round(100 * definition["target_reduction"], 1)
-    return round(100 * (1 - definition["target_macs"] / baseline_macs), 1)
+    return round(100 * target_reduction(definition, baseline_macs), 1)
 
 
 def method_rank(method: str) -> tuple[int, str]:
@@ -101,7 +94,7 @@ def _runs(acc_files: list[Path], baseline_macs: int) -> pd.DataFrame:
     for path in acc_files:
         acc = _read(path)
         definition = acc.get("plan_definition", {})
-        if not is_comparison(definition):
+        if not is_target(definition):
             continue
         rows.append({"series": series_of(acc["method"], definition), "target_pct": target_pct(definition, baseline_macs),
                      "method": acc["method"], "plan": acc["plan"], "seed": acc.get("seed"),
@@ -261,7 +254,7 @@ def jaccard(plans, baseline: dict) -> pd.DataFrame:
     groups = spec_of(baseline["arch"]).groups
     by_target: dict[float, dict[str, dict]] = {}
     for p in plans:
-        if is_comparison(p["definition"]) and series_of(p["method"], p["definition"]) == EQUAL:
+        if is_target(p["definition"]) and series_of(p["method"], p["definition"]) == EQUAL:
             by_target.setdefault(target_pct(p["definition"], baseline["macs"]), {})[p["method"]] = p["kept"]
     rows = []
     for target, kept in sorted(by_target.items()):

@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from . import FmpruneError
+from .io import user_path
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
@@ -72,7 +73,7 @@ def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
     ``native<P>``: the methods with a plan form of their own (CDP, RGD) bisect it to the same target.
     """
     from .models import spec_of
-    from .plan import NATIVE_FORMS
+    from .plan import native_methods
 
     model = cfg["models"][name]
     cmp = model.get("compare")
@@ -80,7 +81,7 @@ def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
         return {}
     shape = cmp.get("shape") or f"[1.]*{len(spec_of(model['arch']).rate_layout)}"
     extra = {"seeds": cmp["seeds"], **({"recipe": cmp["recipe"]} if "recipe" in cmp else {})}
-    native = [m for m in model_methods(cfg, name) if m in NATIVE_FORMS] if cmp["native"] else []
+    native = native_methods(model_methods(cfg, name)) if cmp["native"] else []
     plans = {}
     for target in cmp["targets"]:
         pct = f"{100 * target:.4g}"
@@ -101,10 +102,10 @@ def _expand_compare(name: str, model: dict, cfg: dict) -> None:
         raise ConfigError(f"config error at models.{name}.compare.recipe: no recipe named {cmp['recipe']!r} under recipes")
     if "shape" in cmp:
         from .models import spec_of
-        from .plan import group_shape
+        from .plan import scale_shape
 
         try:
-            group_shape(spec_of(model["arch"]), cmp["shape"])
+            scale_shape(spec_of(model["arch"]), cmp["shape"])
         except FmpruneError as exc:
             raise ConfigError(f"config error at models.{name}.compare.shape: {exc}") from None
     for plan_name, plan in compare_plans(cfg, name).items():
@@ -114,7 +115,7 @@ def _expand_compare(name: str, model: dict, cfg: dict) -> None:
 
 
 def _check_references(cfg: dict, strict: bool = True) -> None:
-    from .methods import METHODS, check_params
+    from .methods import METHODS, ParamError, check_params
     from .models import ARCHS
 
     for name, ds in cfg["datasets"].items():
@@ -126,6 +127,8 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
     for method, params in cfg["method_params"].items():
         try:
             check_params(method, params)
+        except ParamError as exc:
+            raise ConfigError(f"config error at {exc.where}: {exc.why}") from None
         except FmpruneError as exc:
             raise ConfigError(f"config error at method_params.{method}: {exc}") from None
     warned: set[str] = set()
@@ -154,14 +157,18 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
             if model[key] not in cfg["recipes"]:
                 raise ConfigError(f"config error at {where}.{key}: no recipe named {model[key]!r} under recipes")
         ckpt = model.get("checkpoint")
-        if ckpt and not Path(ckpt["path"]).expanduser().is_file() and not (ckpt["download"] and "url" in ckpt):
+        if ckpt and not user_path(ckpt["path"]).is_file() and not (ckpt["download"] and "url" in ckpt):
             raise ConfigError(f"config error at {where}.checkpoint.path: checkpoint file {ckpt['path']} does not exist")
         if ckpt and ckpt["download"] and "sha256" not in ckpt:
             raise ConfigError(f"config error at {where}.checkpoint.sha256: a download needs the file's SHA-256")
+        needs_float32 = [m for m in model_methods(cfg, name) if getattr(METHODS[m], "NEEDS_FLOAT32", False)]
+        if needs_float32 and cfg["features"]["dtype"] == "float16":
+            raise ConfigError(f"config error at features.dtype: {needs_float32[0]} (a method of {where}) refuses "
+                              f"float16 taps; use float32")
         _check_plans(where, model, model_methods(cfg, name))
         ds = cfg["datasets"][model["dataset"]]
         if ds["kind"] != "digits" and "root" in ds:
-            root = Path(ds["root"]).expanduser()
+            root = user_path(ds["root"])
             if not root.exists() and not ds.get("archive") and not ds.get("download"):
                 message = f"config error at datasets.{model['dataset']}.root: {root} does not exist"
                 if strict:
@@ -173,18 +180,17 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
 
 
 def _check_plans(where: str, model: dict, methods: list[str]) -> None:
-    """Rate lists and shapes parse; every plan applies to some of ``methods`` (the model's)."""
+    """Every plan's definition holds for the architecture (see :func:`fmprune.plan.check_definition`)
+    and applies to some of ``methods`` (the model's)."""
     from .models import spec_of
-    from .plan import group_rates, group_shape, plan_applies
+    from .plan import check_definition, plan_applies
 
     spec = spec_of(model["arch"])
     for plan_name, plan in model["plans"].items():
-        for key, mapping in (("rates", group_rates), ("shape", group_shape)):
-            if key in plan:
-                try:
-                    mapping(spec, plan[key])
-                except FmpruneError as exc:
-                    raise ConfigError(f"config error at {where}.plans.{plan_name}.{key}: {exc}") from None
+        try:
+            check_definition(spec, plan)
+        except FmpruneError as exc:  # "<key>: <problem>"
+            raise ConfigError(f"config error at {where}.plans.{plan_name}.{exc}") from None
         applies = [m for m in methods if plan_applies(m, plan)]
         if plan_name == model["default_plan"] and "methods" not in plan:
             for method in methods:
@@ -192,23 +198,36 @@ def _check_plans(where: str, model: dict, methods: list[str]) -> None:
                     raise ConfigError(f"config error at {where}.default_plan: plan {plan_name!r} does not apply to method {method}")
         if not applies:
             raise ConfigError(f"config error at {where}.plans.{plan_name}: the plan applies to none of the model's methods")
-        if "shape" in plan and not ({"target_macs", "target_reduction"} & set(plan)):
-            raise ConfigError(f"config error at {where}.plans.{plan_name}.shape: a shape needs target_macs or target_reduction")
 
 
 def load(paths: list[str | Path], strict: bool = True) -> dict:
-    """Merge YAML files (later ones override top-level keys) and validate (see :func:`validate`)."""
+    """Merge YAML files key by key, later ones winning (as Snakemake merges its --configfile
+    files), and validate (see :func:`validate`)."""
     merged: dict = {}
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
+            data = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        merged.update(data)
+        if data is None:  # an empty file
+            data = {}
+        if not isinstance(data, dict):
+            found = "a list" if isinstance(data, list) else f"the scalar {data!r:.40}"
+            raise ConfigError(f"config file {p}: the top level must be a mapping of keys (datasets:, models:, …), "
+                              f"found {found}")
+        _merge_into(merged, data)
     return validate(merged, strict)
+
+
+def _merge_into(base: dict, overlay: dict) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = value
 
 
 def model_methods(cfg: dict, model: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Cost of a model on one input, in the conventions the papers mix.
 
-``macs``      multiply-accumulates of every Conv2d and Linear (the papers' baseline "FLOPs").
+``macs``      multiply-accumulates of every conv, transposed conv and linear layer (the papers'
+              baseline "FLOPs"; grouped and depthwise convs count in/groups inputs per output).
 ``macs_thop`` the installed thop's count (0.1.1): it also charges BatchNorm, 4 operations per
               output element of an affine BN, and a few other layers.
 ``macs_seeds`` conv + linear, plus 2 per BatchNorm output element and 1 per output element of a
@@ -19,42 +20,40 @@ import io
 import torch
 from torch import nn
 
+from .layers import rule_for
 from .models import input_size
 
 
-def conv_linear_macs(model: nn.Module, size: int, seeds_convention: bool = False) -> int:
-    """MACs of every Conv2d and Linear; with ``seeds_convention`` also the older thop's BatchNorm
-    (2 per output element) and conv-bias (1 per output element) terms."""
-    total = 0
+def module_macs(model: nn.Module, size: int, seeds_convention: bool = False) -> dict[str, int]:
+    """MACs of each module with a layer rule (:mod:`fmprune.layers`), summed over its calls.
 
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        nonlocal total
-        kh, kw = m.kernel_size
-        per_output = (m.in_channels // m.groups) * kh * kw + (seeds_convention and m.bias is not None)
-        total += out.numel() // out.shape[0] * per_output
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        nonlocal total
-        total += out.numel() // out.shape[0] * m.in_features
-
-    def bn_hook(_m, _inp, out):
-        nonlocal total
-        total += 2 * (out.numel() // out.shape[0])
-
+    Conv, transposed conv and linear layers count their multiply-accumulates; with
+    ``seeds_convention`` BatchNorm adds 2 and a conv with bias 1 per output element (the older
+    thop); other layers count nothing.
+    """
+    per_module: dict[str, int] = {}
     handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and seeds_convention:
-            handles.append(m.register_forward_hook(bn_hook))
-        elif isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    for name, m in model.named_modules():
+        rule = rule_for(m)
+        if rule is None:
+            continue
+
+        def hook(m, inp, out, name=name, rule=rule):
+            per_module[name] = per_module.get(name, 0) + rule.macs(m, inp[0], out, seeds_convention)
+
+        handles.append(m.register_forward_hook(hook))
     try:
         _forward_one(model, size)
     finally:
         for h in handles:
             h.remove()
-    return total
+    return per_module
+
+
+def conv_linear_macs(model: nn.Module, size: int, seeds_convention: bool = False) -> int:
+    """MACs of every conv and linear layer; with ``seeds_convention`` also the older thop's
+    BatchNorm (2 per output element) and conv-bias (1 per output element) terms."""
+    return sum(module_macs(model, size, seeds_convention).values())
 
 
 def thop_macs(model: nn.Module, size: int) -> int:
@@ -69,9 +68,9 @@ def thop_macs(model: nn.Module, size: int) -> int:
 def _forward_one(model: nn.Module, size: int) -> None:
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     with torch.no_grad():
-        model(torch.zeros(1, 3, size, size, device=device))
+        model(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))
     model.train(was_training)
 
 

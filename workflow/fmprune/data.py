@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from . import FmpruneError
-from .io import atomic_path, check_sha256
+from .io import atomic_path, cache_dir, check_sha256, describe, remove_stale, user_path, writer_tag
 
 @dataclass
 class Normalization:
@@ -93,9 +94,7 @@ class FolderSplit:
     """A large-image ImageFolder split, decoded and transformed on the fly."""
 
     def __init__(self, root: Path, resolution: int, workers: int):
-        from torchvision import datasets
-
-        self.dataset = datasets.ImageFolder(str(root))
+        self.dataset = _image_folder(root)
         self.labels = torch.tensor(self.dataset.targets)
         self.flags = None
         self.resolution, self.workers = resolution, workers
@@ -122,8 +121,11 @@ class FolderSplit:
             self.dataset, batch_sampler=[p for p in parts if p], num_workers=self.workers,
             pin_memory=str(device) != "cpu", generator=generator,
         )
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        try:
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        except UnreadableImage as exc:  # from a worker, the message ends with the worker's traceback
+            raise FmpruneError(str(exc).strip().splitlines()[-1].rpartition("UnreadableImage: ")[2]) from None
 
 
 @dataclass
@@ -177,7 +179,7 @@ def _cifar10(cfg: dict):
     """
     from torchvision.datasets import CIFAR10
 
-    root = Path(cfg["root"]).expanduser()
+    root = user_path(cfg["root"])
     if not (root / "cifar-10-batches-py").is_dir() and not cfg["download"]:
         raise FmpruneError(f"CIFAR-10 not found under {root} (set download: true in its dataset config to fetch it)")
     splits = []
@@ -189,7 +191,7 @@ def _cifar10(cfg: dict):
 
 
 def _imagefolder(cfg: dict):
-    root = Path(cfg["root"]).expanduser()
+    root = user_path(cfg["root"])
     if not root.is_dir() and cfg.get("archive"):
         unpack(cfg["archive"], root, cfg.get("archive_sha256"))
     for split in ("train", "test"):
@@ -219,24 +221,57 @@ def _same_classes(root: Path, train: list[str], test: list[str]) -> None:
 
 
 def unpack(archive: str | Path, root: Path, sha256: str | None = None) -> None:
-    """Unpack a dataset archive whose top folder is ``root.name`` next to ``root``, atomically."""
-    archive = Path(archive).expanduser()
+    """Unpack the top folder ``root.name`` of a dataset archive to ``root``, atomically.
+
+    Members pass tarfile's "data" filter and must keep links inside the top folder (members
+    outside it are skipped). Everything lands in a staging folder beside ``root`` that is moved
+    into place only after the whole archive unpacked; a refused member installs nothing, and a
+    killed unpack's staging folder is removed by the next unpack.
+    """
+    archive = user_path(archive)
     if not archive.is_file():
         raise FmpruneError(f"dataset archive {archive} does not exist")
     if sha256:
         check_sha256(archive, sha256)
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.unpacking-{os.getpid()}"
-    with tarfile.open(archive) as tar:
-        tar.extractall(staging, filter="data")
-    if not (staging / root.name).is_dir():
-        shutil.rmtree(staging)
-        raise FmpruneError(f"{archive} does not contain a top folder named {root.name}")
-    if root.is_dir():  # another process unpacked it meanwhile
-        shutil.rmtree(staging)
-        return
-    os.replace(staging / root.name, root)
-    staging.rmdir()
+    prefix = f".{root.name}.unpacking-"
+    remove_stale(root.parent, prefix)
+    staging = root.parent / f"{prefix}{writer_tag()}"
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter=_top_folder_filter(archive, root.name))
+        top = staging / root.name
+        if top.is_symlink() or not top.is_dir():
+            raise FmpruneError(f"dataset archive {archive} does not contain a top folder named {root.name}")
+        if not root.exists():  # else another process unpacked it meanwhile
+            os.replace(top, root)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # refused member, truncated or corrupt archive
+        raise FmpruneError(f"dataset archive {archive} cannot be unpacked ({describe(exc)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _top_folder_filter(archive: Path, top: str):
+    """tarfile's "data" filter, keeping only the members under ``top`` and links that stay there."""
+
+    def inside(name: str) -> bool:
+        return name == top or name.startswith(top + "/")
+
+    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        member = tarfile.data_filter(member, dest)
+        name = os.path.normpath(member.name)
+        if not inside(name):
+            return None
+        if name == top and not member.isdir():
+            raise FmpruneError(f"dataset archive {archive}: member {member.name!r} is not a folder")
+        if member.issym() or member.islnk():
+            target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname) if member.issym()
+                                      else member.linkname)
+            if not inside(target):
+                raise FmpruneError(f"dataset archive {archive}: member {member.name!r} links outside {top}/")
+        return member
+
+    return check
 
 
 def _manifest_flags(root: Path, column: str | None) -> dict[str, bool] | None:
@@ -247,31 +282,61 @@ def _manifest_flags(root: Path, column: str | None) -> dict[str, bool] | None:
         raise FmpruneError(f"flag_column {column!r} needs {manifest}, which does not exist")
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and column not in rows[0]:
-        raise FmpruneError(f"{manifest} has no column {column!r}")
-    return {r["file"]: r[column].strip() == "1" for r in rows}
+    for needed in ("file", column):
+        if rows and needed not in rows[0]:
+            raise FmpruneError(f"{manifest} has no column {needed!r}")
+    return {r["file"]: (r[column] or "").strip() == "1" for r in rows}
+
+
+class UnreadableImage(FmpruneError):
+    """An image file that does not decode (a non-image, a truncated file)."""
+
+
+def _load_rgb(path: str):
+    """torchvision's default loader (PIL, RGB), with a one-line error naming a file that fails."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"image {path} does not decode ({describe(exc)})") from None
+
+
+def _image_folder(folder: Path):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(folder), loader=_load_rgb)
+    except OSError as exc:  # torchvision: no class folder, or no image file in them
+        raise FmpruneError(f"image folder {folder} holds no class folders with images ({describe(exc)})") from None
 
 
 def _cached_folder(folder: Path, resolution: int):
-    """Decode an ImageFolder split once into a uint8 array cached beside nothing in the repo."""
+    """Decode an ImageFolder split once into a uint8 array cached outside the repo.
+
+    The cache is keyed on the resolution and every file's relative path, size and mtime, so an
+    edited, swapped, added or removed image is decoded afresh, never served stale.
+    """
     from PIL import Image
-    from torchvision.datasets import ImageFolder
     from tqdm import tqdm
 
-    ds = ImageFolder(str(folder))
+    ds = _image_folder(folder)
     files = [os.path.relpath(p, folder) for p, _ in ds.samples]
-    key = hashlib.sha256(f"{folder.resolve()}|{resolution}|{len(files)}".encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("FMPRUNE_CACHE", "~/.cache/fmprune")).expanduser() / f"folder-{key}.npz"
+    key = hashlib.sha256(f"{resolution}".encode())
+    for rel, (path, _) in zip(files, ds.samples):
+        st = os.stat(path)
+        key.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+    cache = cache_dir() / f"folder-{key.hexdigest()[:24]}.npz"
     if cache.is_file():
         stored = np.load(cache)
         return torch.from_numpy(stored["images"]), torch.from_numpy(stored["labels"]), files, ds.classes
     images = np.empty((len(files), 3, resolution, resolution), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(ds.samples, desc=f"decoding {folder.name}", mininterval=5)):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (resolution, resolution):
-                im = im.resize((resolution, resolution), Image.BILINEAR)
-            images[i] = np.asarray(im).transpose(2, 0, 1)
+        im = _load_rgb(path)
+        if im.size != (resolution, resolution):
+            im = im.resize((resolution, resolution), Image.BILINEAR)
+        images[i] = np.asarray(im).transpose(2, 0, 1)
     labels = np.asarray(ds.targets, dtype=np.int64)
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as f:

@@ -1,15 +1,17 @@
 """One forward pass over a fixed, seeded image sample writes every needed tap to one HDF5 file.
 
 Layout: ``taps/<module name>`` float32 (or float16) [N, C, H, W], chunked one channel at a
-time so a scorer can stream images or channels with bounded memory; ``sample_indices`` and
-``sample_labels`` [N]; attributes ``arch``, ``model``, ``model_sha256``, ``dataset``,
-``sample_sha256`` (hash of the indices), ``seed`` and ``tap_kinds`` (JSON: module -> kind).
+time (each chunk Fletcher-32 checksummed) so a scorer can stream images or channels with
+bounded memory; ``sample_indices`` and ``sample_labels`` [N]; attributes ``arch``, ``model``,
+``model_sha256``, ``dataset``, ``sample_sha256`` (hash of the indices), ``seed`` and
+``tap_kinds`` (JSON: module -> kind).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Iterable
 
 import h5py
 import numpy as np
@@ -18,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import FmpruneError
-from .io import atomic_path
+from .io import atomic_path, describe
 from .models import ArchSpec
 
 
@@ -81,7 +83,7 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
                         c, h, w = fmap.shape[1:]
                         group.create_dataset(
                             name, shape=(n_images, c, h, w), dtype=np_dtype,
-                            chunks=(min(n_images, 256), 1, h, w),
+                            chunks=(min(n_images, 256), 1, h, w), fletcher32=True,  # corrupt bytes fail to read
                         )
                     group[name][pos : pos + b] = fmap.detach().cpu().numpy().astype(np_dtype, copy=False)
                 labels[pos : pos + b] = y.cpu().numpy()
@@ -95,16 +97,30 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
 
 
 class FeatureFile:
-    """Read side of an extraction: taps streamed as float32 torch batches."""
+    """Read side of an extraction: taps streamed as float32 torch batches.
+
+    Nothing read is trusted: a truncated or corrupt file (h5py's OSError, a failed chunk
+    checksum), a missing entry and non-finite values are one-line errors naming the file, and
+    :meth:`check_source` refuses a file extracted from another model.
+    """
 
     def __init__(self, path: str | Path):
         path = Path(path)
         if not path.is_file():
             raise FmpruneError(f"feature file {path} does not exist")
         self.path = path
-        self.h5 = h5py.File(path, "r")
-        self.attrs = dict(self.h5.attrs)
-        self.n_images = len(self.h5["sample_indices"])
+        try:
+            self.h5 = h5py.File(path, "r")
+        except OSError as exc:
+            raise FmpruneError(f"feature file {path} is truncated or not HDF5 ({describe(exc)})") from None
+        try:
+            self.attrs = dict(self.h5.attrs)
+            self.n_images = len(self.h5["sample_indices"])
+            if not (isinstance(self.h5["taps"], h5py.Group) and "sample_sha256" in self.attrs and self.n_images):
+                raise KeyError("no taps group, no sample_sha256 attribute or no image")
+        except (KeyError, OSError, TypeError) as exc:
+            self.h5.close()
+            raise FmpruneError(f"feature file {path} is not a complete extraction ({describe(exc)})") from None
 
     def __enter__(self):
         return self
@@ -112,13 +128,30 @@ class FeatureFile:
     def __exit__(self, *exc):
         self.h5.close()
 
+    def check_source(self, arch: str, model_sha256: str | None, taps: Iterable[str] = ()) -> None:
+        """Refuse the file unless it was extracted from ``arch`` (and the model file of hash
+        ``model_sha256``, when given) and holds every tap in ``taps``."""
+        stored_arch = self.attrs.get("arch")
+        if stored_arch != arch:
+            raise FmpruneError(f"feature file {self.path} was extracted from a {stored_arch} model, not {arch} "
+                               f"(re-run extraction)")
+        stored_sha = str(self.attrs.get("model_sha256", "none"))
+        if model_sha256 is not None and stored_sha != model_sha256:
+            raise FmpruneError(f"feature file {self.path} was extracted from another model file (model_sha256 "
+                               f"{stored_sha[:12]}…, this model's {model_sha256[:12]}…; re-run extraction)")
+        for tap in taps:
+            self._dataset(tap)
+
     def dtype(self, tap: str) -> np.dtype:
         return self._dataset(tap).dtype
 
     def _dataset(self, tap: str) -> h5py.Dataset:
         if tap not in self.h5["taps"]:
-            raise FmpruneError(f"{self.path} has no tap {tap} (re-run extraction for this method)")
-        return self.h5["taps"][tap]
+            raise FmpruneError(f"feature file {self.path} has no tap {tap} (re-run extraction for this method)")
+        ds = self.h5["taps"][tap]
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[0] != self.n_images:
+            raise FmpruneError(f"feature file {self.path}: tap {tap} is not [{self.n_images}, C, H, W] feature maps")
+        return ds
 
     def batches(self, tap: str, batch_size: int = 64, images: int | None = None,
                 channels: tuple[int, int] | None = None):
@@ -127,9 +160,22 @@ class FeatureFile:
         n = min(images or self.n_images, self.n_images)
         cs = slice(*channels) if channels else slice(None)
         for start in range(0, n, batch_size):
-            block = ds[start : min(start + batch_size, n), cs]
-            yield torch.from_numpy(np.asarray(block, dtype=np.float32))
+            stop = min(start + batch_size, n)
+            try:
+                block = np.asarray(ds[start:stop, cs], dtype=np.float32)
+            except OSError as exc:  # a truncated file, or a chunk whose checksum fails
+                raise FmpruneError(f"feature file {self.path}: tap {tap} is unreadable ({describe(exc)})") from None
+            if not np.isfinite(block).all():
+                raise FmpruneError(f"feature file {self.path}: tap {tap} holds non-finite values (NaN or inf) "
+                                   f"in images {start}-{stop - 1}")
+            yield torch.from_numpy(block)
 
     @property
     def labels(self) -> np.ndarray:
-        return self.h5["sample_labels"][()]
+        try:
+            labels = self.h5["sample_labels"][()]
+        except (KeyError, OSError) as exc:
+            raise FmpruneError(f"feature file {self.path}: no readable sample labels ({describe(exc)})") from None
+        if labels.shape != (self.n_images,):
+            raise FmpruneError(f"feature file {self.path}: {labels.size} sample labels for {self.n_images} images")
+        return labels

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,10 +16,11 @@ from . import data as datalib
 from .counting import count
 from .features import FeatureFile, extract, sample_indices, taps_for
 from .latency import measure as measure_latency
-from .io import atomic_path, atomic_write_json, check_sha256, download, sha256_file, sha256_json
+from .io import (atomic_path, atomic_write_json, check_sha256, describe, download, load_torch, read_json, sha256_file,
+                 sha256_json, user_path)
 from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
-from .models import build, input_size, spec_of
-from .plan import NATIVE_FORMS, group_rates, group_shape, kept_from_scores, macs_of, native_kept, reach_macs, shaped_rates, uniform_rates
+from .models import ArchSpec, build, input_size, spec_of
+from .plan import plan_kept
 from .surgery import load_pruned, prune_, save_pruned
 from .train import evaluate, fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
 
@@ -39,11 +39,11 @@ def _read_checkpoint(path: Path, arch: str, num_classes: int) -> torch.nn.Module
 
     DataParallel's ``module.`` prefixes are stripped; the load is strict.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_torch(path, "checkpoint")
     if isinstance(payload, dict) and "kept" in payload:
         return load_pruned(path)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise FmpruneError(f"{path}: no state_dict found in the checkpoint")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     model = build(arch, num_classes)
@@ -51,7 +51,7 @@ def _read_checkpoint(path: Path, arch: str, num_classes: int) -> torch.nn.Module
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise FmpruneError(f"{path} does not fit {arch}: {first}") from None
+        raise FmpruneError(f"{path} does not fit {arch}: {first[:200]}") from None
     return model
 
 
@@ -62,7 +62,7 @@ def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
     ckpt = m.get("checkpoint")
     extra = {"normalize": cfglib.normalization(cfg, model), "model_name": model}
     if ckpt:
-        path = Path(ckpt["path"]).expanduser()
+        path = user_path(ckpt["path"])
         if not path.is_file():
             if not (ckpt["download"] and "url" in ckpt):
                 raise FmpruneError(f"checkpoint file {path} does not exist")
@@ -154,20 +154,43 @@ def save_scores(path: Path, scored: Scored, meta: dict) -> None:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def load_scores(path: Path) -> tuple[Scored, dict]:
+def load_scores(path: Path, spec: ArchSpec | None = None) -> tuple[Scored, dict]:
+    """Read a scores file (see :func:`save_scores`); with ``spec``, its groups and widths must match.
+
+    A truncated or foreign file, or non-finite scores, is a one-line error naming the file.
+    """
+    import zipfile
+
     if not Path(path).is_file():
         raise FmpruneError(f"scores file {path} does not exist")
-    with np.load(path) as z:
-        meta = json.loads(str(z["meta"]))
-        scored = Scored({}, {})
-        for key in z.files:
-            if key == "meta":
-                continue
-            kind, group = key.split("/", 1)
-            if kind == "scores":
-                scored.scores[group] = z[key]
-            else:
-                scored.extra.setdefault(kind, {})[group] = z[key]
+    try:
+        with np.load(path) as z:  # object arrays (pickles) are refused: allow_pickle is False
+            meta = json.loads(str(z["meta"]))
+            arrays = {key: z[key] for key in z.files if key != "meta"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
+        raise FmpruneError(f"scores file {path} is truncated or not a scores file ({describe(exc)})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str) or "sample_sha256" not in meta:
+        raise FmpruneError(f"scores file {path}: its meta lacks the method or the sample hash")
+    scored = Scored({}, {})
+    for key, value in arrays.items():
+        kind, _, group = key.partition("/")
+        if not group or not np.issubdtype(value.dtype, np.number):
+            raise FmpruneError(f"scores file {path}: unexpected entry {key!r}")
+        if not np.all(np.isfinite(value)):
+            raise FmpruneError(f"scores file {path}: {key} holds non-finite values (NaN or inf)")
+        if kind == "scores":
+            scored.scores[group] = value
+        else:
+            scored.extra.setdefault(kind, {})[group] = value
+    if spec is not None:
+        widths = {g: spec.groups[g].channels for g in spec.prunable_groups()}
+        missing = [g for g in widths if g not in scored.scores]
+        unknown = [g for g in scored.scores if g not in widths]
+        wrong = [g for g in widths if g in scored.scores and scored.scores[g].shape != (widths[g],)]
+        if missing or unknown or wrong:
+            what = (f"no scores for group {missing[0]}" if missing else f"unknown group {unknown[0]}" if unknown
+                    else f"group {wrong[0]} has {scored.scores[wrong[0]].size} scores for {widths[wrong[0]]} channels")
+            raise FmpruneError(f"scores file {path} does not fit {spec.arch}: {what}")
     return scored, meta
 
 
@@ -176,11 +199,17 @@ def score(cfg: dict, model: str, method: str, model_file: Path, features: Path |
     spec = net.channel_spec()
     params = cfg["method_params"].get(method, {})
     if features is not None:
+        kind = tap_kind(method)
         with FeatureFile(features) as ff:
+            ff.check_source(net.meta["arch"], sha256_file(model_file), taps_for(spec, {kind}) if kind else ())
             scored = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
             sample = ff.attrs["sample_sha256"]
     else:
         scored, sample = score_groups(method, spec, net, None, params), None
+    for group, values in scored.scores.items():
+        if not np.all(np.isfinite(values)):
+            raise FmpruneError(f"{method} gave non-finite scores for group {group} "
+                               f"(from {features or model_file}); nothing written to {out}")
     save_scores(out, scored, {"method": method, "model": model, "params": params, "sample_sha256": sample})
 
 
@@ -196,6 +225,7 @@ def fpfmc_kselect(cfg: dict, model: str, features: Path, out: Path, workers: int
     p = _fpfmc_params(cfg)
     spec = spec_of(cfg["models"][model]["arch"])
     with FeatureFile(features) as ff, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        ff.check_source(spec.arch, None, taps_for(spec, {"act"}))
         h5.attrs.update({"images": min(p["images"], ff.n_images), "seed": p["seed"],
                          "sample_sha256": ff.attrs["sample_sha256"]})
         for group, taps in tqdm(list(spec.taps("act").items()), desc="fpfmc kselect", mininterval=10):
@@ -209,12 +239,22 @@ def fpfmc_kselect(cfg: dict, model: str, features: Path, out: Path, workers: int
                 g.attrs["k"] = k
 
 
+def _open_h5(path: Path, what: str):
+    """An intermediate HDF5 file opened for reading; a truncated or missing one is one line."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FmpruneError(f"{what} {path} is missing, truncated or not HDF5 ({describe(exc)})") from None
+
+
 def fpfmc_cluster(cfg: dict, kselect_file: Path, out: Path) -> None:
     """FP-FMC step 1: KMeans with the layer's K on every image's embedding -> labels [N, C]."""
     import h5py
 
     p = _fpfmc_params(cfg)
-    with h5py.File(kselect_file, "r") as src, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+    with _open_h5(kselect_file, "FP-FMC K-selection file") as src, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(dict(src.attrs))
         for group in src:
             for tap, g in src[group].items():
@@ -223,9 +263,7 @@ def fpfmc_cluster(cfg: dict, kselect_file: Path, out: Path) -> None:
 
 def fpfmc_sort(cfg: dict, model: str, labels_file: Path, out: Path) -> None:
     """FP-FMC step 2: redundancy index per group (summed over its taps); low RI is kept."""
-    import h5py
-
-    with h5py.File(labels_file, "r") as h5:
+    with _open_h5(labels_file, "FP-FMC labels file") as h5:
         ri = {group: np.sum([fpfmc.redundancy_index(h5[group][tap][()]) for tap in h5[group]], axis=0)
               for group in h5}
         sample = h5.attrs["sample_sha256"]
@@ -234,52 +272,45 @@ def fpfmc_sort(cfg: dict, model: str, labels_file: Path, out: Path) -> None:
 
 
 def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) -> None:
-    arch = cfg["models"][model]["arch"]
-    spec = spec_of(arch)
+    spec = spec_of(cfg["models"][model]["arch"])
     plan_cfg = cfg["models"][model]["plans"][plan]
-    scored, meta = load_scores(scores_file)
-    method, scores = meta["method"], scored.scores
-    min_channels = plan_cfg.get("min_channels", 1)
-    info: dict = {}
-    if "rates" in plan_cfg:
-        kept = kept_from_scores(spec, scores, group_rates(spec, plan_cfg["rates"]))
-    elif "uniform" in plan_cfg:
-        kept = kept_from_scores(spec, scores, uniform_rates(spec, plan_cfg["uniform"]))
-    elif "sparsity" in plan_cfg or "threshold" in plan_cfg:
-        form = "sparsity" if "sparsity" in plan_cfg else "threshold"
-        kept = native_kept(method, spec, form, plan_cfg[form], scores, scored.extra, min_channels)
-    else:
-        full = {g: list(range(s.channels)) for g, s in spec.groups.items() if s.prunable}
-        baseline_macs = macs_of(arch, full)
-        target = plan_cfg.get("target_macs") or int(baseline_macs * (1 - plan_cfg["target_reduction"]))
-        if method in NATIVE_FORMS and "shape" not in plan_cfg:
-            form = NATIVE_FORMS[method]
-
-            def kept_at(value):
-                return native_kept(method, spec, form, value, scores, scored.extra, min_channels)
-
-            lo, hi, higher_prunes_more = (0.0, 0.999, True) if form == "sparsity" else (0.0, 1.0, False)
-        else:
-            form = "scale"
-            shape = group_shape(spec, plan_cfg["shape"]) if "shape" in plan_cfg else None
-            if shape is not None and max(shape.values()) <= 0:
-                raise FmpruneError(f"models.{model}.plans.{plan}.shape: all rates are 0, nothing to scale")
-
-            def kept_at(value):
-                return kept_from_scores(spec, scores, shaped_rates(spec, shape, value))
-
-            lo, hi, higher_prunes_more = 0.0, 0.999 / (max(shape.values()) if shape else 1.0), True
-        kept, knob, macs = reach_macs(arch, target, kept_at, lo, hi, higher_prunes_more)
-        info = {"target_macs": target, "reached_macs": macs, "knob": form, "knob_value": knob}
+    scored, meta = load_scores(scores_file, spec)
+    method = meta["method"]
+    kept, info = plan_kept(spec, method, plan_cfg, scored.scores, scored.extra)
     atomic_write_json(out, {"model": model, "plan": plan, "method": method, "definition": plan_cfg, **info,
                             "sample_sha256": meta["sample_sha256"],
                             "widths": {g: len(k) for g, k in kept.items()}, "kept": kept})
 
 
+def _read_plan(path: Path, model: str) -> dict:
+    """A plan.json of ``model`` written by :func:`make_plan`: plan, method and kept channel indices."""
+    plan = read_json(path, "plan file")
+    kept = plan.get("kept") if isinstance(plan, dict) else None
+    indices_ok = isinstance(kept, dict) and all(
+        isinstance(v, list) and all(type(i) is int and 0 <= i < 1 << 31 for i in v) for v in kept.values())
+    if not indices_ok or not isinstance(plan.get("plan"), str) or not isinstance(plan.get("method"), str):
+        raise FmpruneError(f"plan file {path} is not a plan (needs plan, method and kept: group -> channel indices)")
+    if plan.get("model") != model:
+        raise FmpruneError(f"plan file {path} is a plan of model {plan.get('model')!r}, not {model!r}")
+    return plan
+
+
+def _read_report(path: Path, keys: tuple[str, ...]) -> dict:
+    """An evaluation report (JSON) that must hold ``keys``."""
+    report = read_json(path, "report")
+    missing = [k for k in keys if not isinstance(report, dict) or k not in report]
+    if missing:
+        raise FmpruneError(f"report {path} lacks {missing[0]!r} (re-run the step that writes it)")
+    return report
+
+
 def prune(cfg: dict, model: str, model_file: Path, plan_file: Path, out: Path, report: Path) -> None:
     net = load_pruned(model_file)
-    plan = json.loads(Path(plan_file).read_text())
-    prune_(net, {g: torch.tensor(k) for g, k in plan["kept"].items()})
+    plan = _read_plan(plan_file, model)
+    try:
+        prune_(net, {g: torch.tensor(k) for g, k in plan["kept"].items()})
+    except FmpruneError as exc:
+        raise FmpruneError(f"plan file {plan_file} does not fit {model_file}: {exc}") from None
     meta = dict(net.meta)
     meta.pop("kept", None)
     save_pruned(out, net, meta.pop("arch"), meta.pop("num_classes"), **meta, plan=plan["plan"], method=plan["method"])
@@ -291,6 +322,13 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(pruned_file)
+    # every input is read before fine-tuning: a damaged one fails in seconds, not after the epochs
+    pruned = _read_report(pruned_report, ("top1", "top5", "params", "macs", "macs_thop", "flops"))
+    base = _read_report(baseline_report, ("params", "macs"))
+    sample = None
+    if features is not None:
+        with FeatureFile(features) as ff:
+            sample = ff.attrs["sample_sha256"]
     recipe_name = cfglib.finetune_recipe(cfg, model, plan)
     recipe = cfg["recipes"][recipe_name]
     device = setup_distributed(cfg["device"])  # joins the process group under torchrun
@@ -299,17 +337,11 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
         teardown_distributed()
         return
     if summary["epochs_run"] == 0:
-        before = json.loads(Path(pruned_report).read_text())
-        summary.update({"top1": before["top1"], "top5": before["top5"], "top1_best": before["top1"], "best_epoch": 0})
+        summary.update({"top1": pruned["top1"], "top5": pruned["top5"], "top1_best": pruned["top1"], "best_epoch": 0})
     meta = dict(net.meta)
     save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
                 **{k: v for k, v in meta.items() if k != "kept"})
     speed = measure_latency(net, input_size(m["arch"]), device)  # on the device it was fine-tuned on
-    pruned, base = json.loads(Path(pruned_report).read_text()), json.loads(Path(baseline_report).read_text())
-    sample = None
-    if features is not None:
-        with FeatureFile(features) as ff:
-            sample = ff.attrs["sample_sha256"]
     acc = {
         "model": model, "arch": m["arch"], "method": method, "plan": plan, "plan_definition": m["plans"][plan],
         "seed": seed, "epochs": recipe["epochs"], "recipe": recipe_name, **summary, **speed,
@@ -347,12 +379,7 @@ def provenance(cfg: dict, model: str, method: str, plan: str, sample_sha256: str
         "fmprune": __version__, "git_commit": commit, "torch": torch.__version__, "torchvision": torchvision.__version__,
         "numpy": np.__version__, "h5py": h5py.__version__, "scikit-learn": sklearn.__version__,
         "snakemake": snakemake.__version__,
-        "checkpoint_sha256": sha256_file(Path(ckpt["path"]).expanduser()) if ckpt else None,
+        "checkpoint_sha256": sha256_file(user_path(ckpt["path"])) if ckpt else None,
         "sample_sha256": sample_sha256, "config_sha256": sha256_json(resolved),
     }
 
-
-def publish_default(src: Path, dest: Path) -> None:
-    """``results/{model}/{method}/acc.json``: the default plan and seed, copied atomically."""
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)

@@ -1,4 +1,5 @@
-"""Plans: from a rate list (or a uniform rate) and channel scores to kept indices per group."""
+"""Plans: an operating point's form (rate list, uniform rate, a method's own knob, MAC target)
+and how it turns channel scores into kept indices per group."""
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,10 @@ def keep_count(channels: int, rate: float) -> int:
 
 def group_rates(spec: ArchSpec, rates: str | list[float]) -> dict[str, float]:
     """Map a seeds'-style rate list through the architecture's layout onto its groups."""
-    if isinstance(rates, str):
-        rates = parse_rates(rates)
     layout = spec.rate_layout
+    if isinstance(rates, str):
+        # a few trailing entries are tolerated (see below); anything far longer is a typo or a bomb
+        rates = parse_rates(rates, max_entries=2 * len(layout) + 16)
     expected = f"{spec.arch} expects {len(layout)} entries: " + ", ".join(e.label for e in layout[:4])
     expected += ", …" if len(layout) > 4 else ""
     if len(rates) < len(layout):
@@ -48,7 +50,7 @@ def group_rates(spec: ArchSpec, rates: str | list[float]) -> dict[str, float]:
 
 def group_shape(spec: ArchSpec, shape: str) -> dict[str, float]:
     """A target's ``shape``: relative rates in [0, 1], mapped onto groups like a rate list."""
-    return group_rates(spec, parse_rates(shape, closed=True))
+    return group_rates(spec, parse_rates(shape, closed=True, max_entries=2 * len(spec.rate_layout) + 16))
 
 
 def uniform_rates(spec: ArchSpec, rate: float) -> dict[str, float]:
@@ -100,15 +102,141 @@ def macs_of(arch: str, kept: dict[str, list[int]]) -> int:
     return pruned_sizes(arch, {g: len(k) for g, k in kept.items()})["macs"]
 
 
+# A plan definition has exactly one form key (the schema's oneOf): a fixed rate list or uniform
+# rate, a method's own knob (CDP's sparsity, RGD's threshold), or a MAC target reached by bisection.
 NATIVE_FORMS = {"cdp": "sparsity", "rgd": "threshold"}
+NATIVE_OWNERS = {form: method for method, form in NATIVE_FORMS.items()}
+RATE_FORMS = ("rates", "uniform")
+TARGET_FORMS = ("target_macs", "target_reduction")
+FORMS = (*RATE_FORMS, *NATIVE_OWNERS, *TARGET_FORMS)
+
+
+def plan_form(plan_cfg: dict) -> str:
+    """The form key of a plan definition, one of :data:`FORMS`."""
+    forms = [key for key in FORMS if key in plan_cfg]
+    if len(forms) != 1:
+        raise FmpruneError(f"a plan needs exactly one of {', '.join(FORMS)}; found {', '.join(forms) or 'none'}")
+    return forms[0]
+
+
+def is_target(plan_cfg: dict) -> bool:
+    """Whether a plan (e.g. an acc.json's definition) is a MAC target."""
+    return any(key in plan_cfg for key in TARGET_FORMS)
+
+
+def native_methods(methods: list[str]) -> list[str]:
+    """Those of ``methods`` with a plan form of their own."""
+    return [m for m in methods if m in NATIVE_FORMS]
+
+
+def target_knob(method: str, plan_cfg: dict) -> str:
+    """What the bisection of a MAC target moves for ``method``: its own knob (CDP's sparsity,
+    RGD's threshold) when the plan gives no ``shape``, else ``"scale"``, one factor over the
+    shape (uniform by default) that gives every method the same widths."""
+    return NATIVE_FORMS[method] if method in NATIVE_FORMS and "shape" not in plan_cfg else "scale"
+
+
+def fixed_rates(spec: ArchSpec, plan_cfg: dict) -> dict[str, float] | None:
+    """Group rates of a plan whose widths follow from its definition alone (a rate list or a
+    uniform rate); None for the forms whose widths depend on the scores."""
+    form = plan_form(plan_cfg)
+    if form == "rates":
+        return group_rates(spec, plan_cfg["rates"])
+    if form == "uniform":
+        return uniform_rates(spec, plan_cfg["uniform"])
+    return None
+
+
+def scale_shape(spec: ArchSpec, shape: str | None) -> dict[str, float] | None:
+    """A target plan's ``shape`` as group rates (None: uniform); some rate must be above 0."""
+    if shape is None:
+        return None
+    rates = group_shape(spec, shape)
+    if max(rates.values()) <= 0:
+        raise FmpruneError("all rates are 0, nothing to scale")
+    return rates
+
+
+def mac_target(plan_cfg: dict, baseline_macs: int) -> int:
+    """The MACs a target plan aims at: its ``target_macs``, or what ``target_reduction`` leaves."""
+    if "target_macs" in plan_cfg:
+        return plan_cfg["target_macs"]
+    return int(baseline_macs * (1 - plan_cfg["target_reduction"]))
+
+
+def target_reduction(plan_cfg: dict, baseline_macs: int) -> float:
+    """The fraction of the baseline's MACs a target plan removes."""
+    if "target_reduction" in plan_cfg:
+        return plan_cfg["target_reduction"]
+    return 1 - plan_cfg["target_macs"] / baseline_macs
+
+
+def checked_mac_target(arch: str, plan_cfg: dict) -> int:
+    """:func:`mac_target` for ``arch``, which must lie below the baseline's MACs: the bisection's
+    least pruning still removes a channel from every group, so a target the baseline already
+    meets would prune for nothing."""
+    baseline = macs_of(arch, {})
+    target = mac_target(plan_cfg, baseline)
+    if target >= baseline:
+        given = (f"{target:,}" if "target_macs" in plan_cfg
+                 else f"{plan_cfg['target_reduction']:g} leaves {target:,} MACs, which")
+        raise FmpruneError(f"{given} is not below the baseline's {baseline:,} MACs ({arch})")
+    return target
+
+
+def check_definition(spec: ArchSpec, plan_cfg: dict) -> None:
+    """Raise ``FmpruneError("<key>: <problem>")`` unless a plan definition holds for ``spec``'s
+    architecture: its rate list or shape maps onto the layout, a shape goes with a MAC target and
+    has a rate above 0, and a MAC target lies below the baseline's MACs."""
+    form = plan_form(plan_cfg)
+    if "shape" in plan_cfg and form not in TARGET_FORMS:
+        raise FmpruneError("shape: a shape needs target_macs or target_reduction")
+    checks = [("rates", lambda: group_rates(spec, plan_cfg["rates"])),
+              ("shape", lambda: scale_shape(spec, plan_cfg["shape"]))]
+    if form in TARGET_FORMS:
+        checks.append((form, lambda: checked_mac_target(spec.arch, plan_cfg)))
+    for key, check in checks:
+        if key in plan_cfg:
+            try:
+                check()
+            except FmpruneError as exc:
+                raise FmpruneError(f"{key}: {exc}") from None
+
+
+def plan_kept(spec: ArchSpec, method: str, plan_cfg: dict, scores: dict[str, np.ndarray],
+              extra: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, list[int]], dict]:
+    """Kept indices per group of ``method``'s scores under a plan definition, and for a MAC
+    target what its bisection found (target and reached MACs, the knob and its value)."""
+    form = plan_form(plan_cfg)
+    min_channels = plan_cfg.get("min_channels", 1)
+    if form in RATE_FORMS:
+        return kept_from_scores(spec, scores, fixed_rates(spec, plan_cfg)), {}
+    if form in NATIVE_OWNERS:
+        return native_kept(method, spec, form, plan_cfg[form], scores, extra, min_channels), {}
+    target = checked_mac_target(spec.arch, plan_cfg)
+    knob = target_knob(method, plan_cfg)
+    if knob == "scale":
+        shape = scale_shape(spec, plan_cfg.get("shape"))
+
+        def kept_at(value):
+            return kept_from_scores(spec, scores, shaped_rates(spec, shape, value))
+
+        lo, hi, higher_prunes_more = 0.0, 0.999 / (max(shape.values()) if shape else 1.0), True
+    else:
+
+        def kept_at(value):
+            return native_kept(method, spec, knob, value, scores, extra, min_channels)
+
+        lo, hi, higher_prunes_more = (0.0, 0.999, True) if knob == "sparsity" else (0.0, 1.0, False)
+    kept, value, macs = reach_macs(spec.arch, target, kept_at, lo, hi, higher_prunes_more)
+    return kept, {"target_macs": target, "reached_macs": macs, "knob": knob, "knob_value": value}
 
 
 def native_kept(method: str, spec: ArchSpec, form: str, value: float, scores: dict[str, np.ndarray],
                 extra: dict[str, dict[str, np.ndarray]], min_channels: int = 1) -> dict[str, list[int]]:
     """Kept indices for a method's own plan form: CDP's global sparsity, RGD's threshold."""
     if NATIVE_FORMS.get(method) != form:
-        owner = {v: k for k, v in NATIVE_FORMS.items()}[form]
-        raise FmpruneError(f"plan form {form!r} belongs to method {owner}, not {method}")
+        raise FmpruneError(f"plan form {form!r} belongs to method {NATIVE_OWNERS[form]}, not {method}")
     if form == "sparsity":
         from .methods.cdp import select_global
 
@@ -157,4 +285,4 @@ def plan_applies(method: str, plan_cfg: dict) -> bool:
     """
     if "methods" in plan_cfg and method not in plan_cfg["methods"]:
         return False
-    return all(form not in plan_cfg or owner == method for owner, form in NATIVE_FORMS.items())
+    return NATIVE_OWNERS.get(plan_form(plan_cfg), method) == method

@@ -5,7 +5,9 @@
     list   := '[' number (',' number)* ']'
     number := a decimal float such as 0, 0., .5, 0.18, 1e-1
 
-Every rate must lie in [0, 1) (a target's ``shape`` holds relative rates: [0, 1]).
+Every rate must lie in [0, 1) (a target's ``shape`` holds relative rates: [0, 1]). Repeat
+counts are bounded before anything is expanded: ``[0.1]*99999999999999`` is a one-line error,
+not a MemoryError.
 """
 from __future__ import annotations
 
@@ -30,11 +32,17 @@ def _tokens(text: str):
         yield (match.group("number"), "number") if match.group("number") else (match.group("op"), "op")
 
 
-def parse_rates(text: str, closed: bool = False) -> list[float]:
+MAX_ENTRIES = 100_000
+
+
+def parse_rates(text: str, closed: bool = False, max_entries: int = MAX_ENTRIES) -> list[float]:
     """``"[0.]+[0.18]*2"`` -> ``[0.0, 0.18, 0.18]``; a malformed string is a one-line error.
 
-    ``closed=True`` admits 1 (a shape's relative rates, scaled before use).
+    ``closed=True`` admits 1 (a shape's relative rates, scaled before use). A list that would
+    expand to more than ``max_entries`` rates is refused before it is expanded.
     """
+    if not isinstance(text, str) or not text.strip():
+        raise FmpruneError(f"rate list {text!r}: empty (expected e.g. \"[0.]+[0.18]*29\")")
     tokens = list(_tokens(text))
     pos = 0
 
@@ -64,7 +72,11 @@ def parse_rates(text: str, closed: bool = False) -> list[float]:
             count = expect(kind="number")
             if not count.isdigit():
                 raise FmpruneError(f"rate list {text!r}: repeat count {count!r} is not a whole number")
+            if len(rates) + len(items) * int(count) > max_entries:
+                raise FmpruneError(f"rate list {text!r}: expands to more than {max_entries:,} entries")
             items = items * int(count)
+        elif len(rates) + len(items) > max_entries:
+            raise FmpruneError(f"rate list {text!r}: expands to more than {max_entries:,} entries")
         rates.extend(items)
         if peek() is None:
             break

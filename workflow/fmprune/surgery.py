@@ -4,7 +4,8 @@
 Each module listed in the spec has its output axis (conv/linear rows, bias, the four BN
 tensors, an index shortcut's map) and input axis (conv/linear columns) gathered at the
 concatenated kept indices of the groups that make up that axis, so a residual stream or a
-concatenation slice is cut the same way everywhere it appears.
+concatenation slice is cut the same way everywhere it appears. How a module of each type is
+cut or silenced is its rule in :mod:`fmprune.layers`.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from . import FmpruneError
-from .io import atomic_torch_save
+from .io import atomic_torch_save, describe, load_torch
+from .layers import rule_for
 from .models import ArchSpec, build
-from .models.resnet_cifar import IndexShortcut
 
 
 def full_kept(spec: ArchSpec, kept: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -37,96 +38,62 @@ def full_kept(spec: ArchSpec, kept: dict[str, torch.Tensor] | None = None) -> di
     return out
 
 
-def _axis_index(spec: ArchSpec, names: tuple[str, ...], kept: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def _axis_index(spec: ArchSpec, names: tuple[str, ...], kept: dict[str, torch.Tensor],
+                expand: int = 1) -> torch.Tensor | None:
+    """Positions of ``kept`` on an axis made of ``names``; each channel owns ``expand`` of them."""
     if not names:
         return None
-    return torch.cat([start + kept[g] for g, start in zip(names, spec.offsets(names))])
+    channels = torch.cat([start + kept[g] for g, start in zip(names, spec.offsets(names))])
+    if expand == 1:
+        return channels
+    return (channels[:, None] * expand + torch.arange(expand)).flatten()
 
 
-def _remap_shortcut(src: torch.Tensor, out_idx: torch.Tensor, in_idx: torch.Tensor) -> torch.Tensor:
-    """New source map: kept output i reads the position of its old source among kept inputs."""
-    position = torch.full((max(int(src.max()), int(in_idx.max())) + 1,), -1, dtype=torch.long)
-    position[in_idx] = torch.arange(in_idx.numel())
-    old = src[out_idx]
-    return torch.where(old >= 0, position[old.clamp(min=0)], -1)
-
-
-def _slice_weight(name: str, m: nn.Conv2d | nn.Linear, out_idx, in_idx) -> None:
-    if isinstance(m, nn.Conv2d) and m.groups != 1:
-        raise FmpruneError(f"{name}: grouped convolutions are not supported")
-    out_attr, in_attr = ("out_channels", "in_channels") if isinstance(m, nn.Conv2d) else ("out_features", "in_features")
-    w = m.weight
-    if out_idx is not None:
-        w = w[out_idx]
-        if m.bias is not None:
-            m.bias = nn.Parameter(m.bias[out_idx].clone())
-        setattr(m, out_attr, out_idx.numel())
-    if in_idx is not None:
-        w = w[:, in_idx]
-        setattr(m, in_attr, in_idx.numel())
-    m.weight = nn.Parameter(w.clone())
-
-
-@torch.no_grad()
-def prune_(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    """Remove every channel not in ``kept``, in place; returns the model."""
-    spec = model.channel_spec()
-    kept = full_kept(spec, kept)
+def _apply(model: nn.Module, spec: ArchSpec, index: dict[str, torch.Tensor], action: str) -> None:
+    """Run every declared module's layer rule (``prune`` or ``mask``) on its axes' ``index``."""
     modules = dict(model.named_modules())
     for name, io in spec.modules.items():
         m = modules[name]
-        out_idx, in_idx = _axis_index(spec, io.out, kept), _axis_index(spec, io.inp, kept)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            _slice_weight(name, m, out_idx, in_idx)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight = nn.Parameter(m.weight[out_idx].clone())
-            m.bias = nn.Parameter(m.bias[out_idx].clone())
-            m.running_mean = m.running_mean[out_idx].clone()
-            m.running_var = m.running_var[out_idx].clone()
-            m.num_features = out_idx.numel()
-        elif isinstance(m, IndexShortcut):
-            m.src = _remap_shortcut(m.src, out_idx, in_idx)
-        else:
+        rule = rule_for(m)
+        if rule is None:
             raise FmpruneError(f"{name}: no surgery rule for {type(m).__name__}")
+        out, inp = _axis_index(spec, io.out, index), _axis_index(spec, io.inp, index, io.inp_expand)
+        getattr(rule, action)(name, m, out, inp)
+
+
+@torch.no_grad()
+def prune_(model: nn.Module, kept: dict[str, torch.Tensor], spec: ArchSpec | None = None) -> nn.Module:
+    """Remove every channel not in ``kept``, in place; returns the model.
+
+    ``spec`` defaults to the model's own ``channel_spec()`` (a traced spec for any other model).
+    """
+    spec = spec or model.channel_spec()
+    kept = full_kept(spec, kept)
+    _apply(model, spec, kept, "prune")
     model.kept = {g: idx.tolist() for g, idx in kept.items()}
     return model
 
 
 @torch.no_grad()
-def mask_(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
+def mask_(model: nn.Module, kept: dict[str, torch.Tensor], spec: ArchSpec | None = None) -> nn.Module:
     """The unpruned model with every removed channel silenced (METHODS.md's ``masked``).
 
     Producers of a removed channel get their filter, bias and BN gamma/beta zeroed (an index
     shortcut stops copying into it); every consumer gets its input weights for it zeroed.
     """
-    spec = model.channel_spec()
+    spec = spec or model.channel_spec()
     kept = full_kept(spec, kept)
     removed = {}
     for g, idx in kept.items():
         mask = torch.ones(spec.groups[g].channels, dtype=torch.bool)
         mask[idx] = False
         removed[g] = mask.nonzero().flatten()
-    modules = dict(model.named_modules())
-    for name, io in spec.modules.items():
-        m = modules[name]
-        out_idx, in_idx = _axis_index(spec, io.out, removed), _axis_index(spec, io.inp, removed)
-        if isinstance(m, IndexShortcut):
-            if out_idx is not None:
-                m.src[out_idx] = -1
-            if in_idx is not None:
-                m.src[torch.isin(m.src, in_idx)] = -1
-            continue
-        if out_idx is not None:
-            m.weight[out_idx] = 0
-            if m.bias is not None:
-                m.bias[out_idx] = 0
-        if in_idx is not None and not isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight[:, in_idx] = 0
+    _apply(model, spec, removed, "mask")
     return model
 
 
-def pruned_copy(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    return prune_(copy.deepcopy(model), kept)
+def pruned_copy(model: nn.Module, kept: dict[str, torch.Tensor], spec: ArchSpec | None = None) -> nn.Module:
+    return prune_(copy.deepcopy(model), kept, spec)
 
 
 def save_pruned(path: str | Path, model: nn.Module, arch: str, num_classes: int, **extra) -> None:
@@ -145,14 +112,17 @@ def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> n
     Extra entries saved with the model (normalisation, provenance) are attached as ``model.meta``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FmpruneError(f"model file not found: {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_torch(path, "model file", map_location)
     for key in ("arch", "num_classes", "kept", "state_dict"):
-        if key not in payload:
+        if not isinstance(payload, dict) or key not in payload:
             raise FmpruneError(f"{path}: not an fmprune model file (missing {key!r})")
-    model = build(payload["arch"], num_classes=payload["num_classes"])
-    prune_(model, {g: torch.tensor(v) for g, v in payload["kept"].items()})
-    model.load_state_dict(payload["state_dict"], strict=True)
+    try:
+        model = build(payload["arch"], num_classes=payload["num_classes"])
+        prune_(model, {g: torch.tensor(v) for g, v in payload["kept"].items()})
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except FmpruneError as exc:
+        raise FmpruneError(f"{path}: {exc}") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # entries of the wrong type or shape
+        raise FmpruneError(f"{path}: inconsistent fmprune model file ({describe(exc)})") from None
     model.meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model

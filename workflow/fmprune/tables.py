@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paths
 from .config import model_methods, plan_seeds
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged",
            "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
@@ -18,12 +19,12 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
     """One row per baseline and per (model, method, plan); accuracy as mean ± std over seeds."""
     rows = []
     for path in baseline_files:
-        b = json.loads(Path(path).read_text())
+        b = read_json(path, "baseline report")
         rows.append({"model": b["model"], "method": "baseline", "plan": "", "seeds": "", "top1": round(b["top1"], 2),
                      "top1_flagged": round(b["top1_flagged"], 2) if "top1_flagged" in b else None, "params": b["params"], "params_reduction_pct": 0.0,
                      "macs": b["macs"], "macs_reduction_pct": 0.0, "macs_thop": b["macs_thop"],
                      **_speed(b)})
-    runs = pd.DataFrame([json.loads(Path(p).read_text()) for p in acc_files])
+    runs = pd.DataFrame([read_json(p, "result") for p in acc_files])
     if len(runs):
         for (model, method, plan), g in runs.groupby(["model", "method", "plan"], sort=False):
             row = {"model": model, "method": method, "plan": plan, "seeds": len(g), "epochs": int(g["epochs"].iloc[0])}
@@ -90,15 +91,16 @@ def read_paper(path: Path) -> pd.DataFrame:
 def plan_matches(row, plan_cfg: dict) -> bool:
     """A config plan is a published row's operating point: same rate list (parsed), same
     threshold, or a MACs target equal to the published MACs."""
+    from .plan import plan_form
     from .ratelist import parse_rates
 
-    kind = row["plan_kind"]
+    kind, form = row["plan_kind"], plan_form(plan_cfg)
     if kind == "rates":
-        return "rates" in plan_cfg and parse_rates(plan_cfg["rates"]) == parse_rates(row["plan"])
+        return form == "rates" and parse_rates(plan_cfg["rates"]) == parse_rates(row["plan"])
     if kind == "threshold":
-        return "threshold" in plan_cfg and abs(plan_cfg["threshold"] - float(row["plan"])) < 1e-9
+        return form == "threshold" and abs(plan_cfg["threshold"] - float(row["plan"])) < 1e-9
     if kind == "macs":
-        return "target_macs" in plan_cfg and plan_cfg["target_macs"] == round(float(row["macs_m"]) * 1e6)
+        return form == "target_macs" and plan_cfg["target_macs"] == round(float(row["macs_m"]) * 1e6)
     return False
 
 
@@ -130,20 +132,21 @@ def _matches(cfg: dict, paper: pd.DataFrame):
 
 def _run_files(cfg: dict, results: Path, model: str, method: str | None, plan: str | None) -> dict:
     """The files a row's figures and status come from, whether they exist or not."""
-    base = results / model
-    files = {"baseline_acc": base / "baseline" / "acc.json",
-             "logs": [base / "baseline" / "baseline.log", base / "baseline" / "evaluate.log"]}
+
+    def at(template: str, **seed) -> Path:
+        return paths.under(results, template, model=model, method=method, plan=plan, **seed)
+
+    files = {"baseline_acc": at(paths.BASELINE_ACC), "logs": [at(paths.BASELINE_LOG), at(paths.BASELINE_EVALUATE_LOG)]}
     if method is None or not plan:
         files["acc"] = []
         return files
-    run = base / method / plan
     seeds = plan_seeds(cfg, model, plan)
-    files["plan"] = run / "plan.json"
-    files["acc"] = [run / f"seed{s}" / "acc.json" for s in seeds]
-    files["logs"] += [base / "features.log", base / "scores" / f"{method}.log", run / "plan.log", run / "prune.log"]
+    files["plan"] = at(paths.PLAN)
+    files["acc"] = [at(paths.ACC, seed=s) for s in seeds]
+    files["logs"] += [at(paths.FEATURES_LOG), at(paths.SCORES_LOG), at(paths.PLAN_LOG), at(paths.PRUNE_LOG)]
     if method == "fpfmc":
-        files["logs"] += [base / "fpfmc" / f"{x}.log" for x in ("kselect", "cluster", "sort")]
-    files["logs"] += [run / f"seed{s}" / "finetune.log" for s in seeds]
+        files["logs"] += [at(log) for log in (paths.FPFMC_KSELECT_LOG, paths.FPFMC_CLUSTER_LOG, paths.FPFMC_SORT_LOG)]
+    files["logs"] += [at(paths.FINETUNE_LOG, seed=s) for s in seeds]
     return files
 
 
@@ -177,11 +180,11 @@ def _planned_sizes(arch: str, plan_cfg: dict, plan_file: Path | None) -> dict | 
     """Sizes of an operating point without training: a rate list (or uniform rate) from the plan
     alone; a threshold / sparsity / MACs target only from its plan.json (None until it exists)."""
     from .models import spec_of
-    from .plan import group_rates, keep_counts, uniform_rates
+    from .plan import fixed_rates, keep_counts
 
-    if "rates" in plan_cfg or "uniform" in plan_cfg:
-        spec = spec_of(arch)
-        rates = group_rates(spec, plan_cfg["rates"]) if "rates" in plan_cfg else uniform_rates(spec, plan_cfg["uniform"])
+    spec = spec_of(arch)
+    rates = fixed_rates(spec, plan_cfg)
+    if rates is not None:
         return _sizes(arch, keep_counts(spec, rates))
     if plan_file is not None and plan_file.is_file():
         return _sizes(arch, json.loads(plan_file.read_text())["kept"])

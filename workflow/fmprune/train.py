@@ -227,174 +227,241 @@ def fit(model: nn.Module, data: Data, recipe: dict, seed: int, workdir: str | Pa
     ``Preempted`` (a SystemExit with status 75) after SIGTERM/SIGUSR1, once the checkpoint is
     written. Under torch.distributed every rank calls it; only rank 0 writes files.
     """
-    import torch.distributed as dist
-
-    workdir = Path(workdir)
-    ckpt_path, best_path = workdir / "checkpoint.pt", workdir / "best.pt"
-    rank, size = world()
-    main = rank == 0
-    run_key = _run_key(model, recipe, seed)
-    torch.manual_seed(seed)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # cuDNN's preferred layout for bf16 convolutions
-    sync_bn = bool(recipe.get("sync_bn")) and size > 1
-    if sync_bn and device.type != "cuda":
-        print("sync_bn: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process", flush=True)
-        sync_bn = False
-    if sync_bn:
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-        weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
-    )
-    scheduler = _scheduler(optimizer, recipe)
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    criterion_sum = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"], reduction="sum")
-    train_idx, val_idx = split_indices(len(data.train), recipe, seed)
-    history: list[dict] = []
-    start_epoch, partial = 0, None
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.is_file() else None
-    if state is not None and state.get("run_key") != run_key:
-        if main:
-            print(f"ignoring {ckpt_path}: it was written by another run (other starting weights, recipe or "
-                  "seed); starting afresh", flush=True)
-        state = None
-    if state is not None:
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng(state["rng"])
-        history, start_epoch, partial = state["history"], state["epoch"], state.get("partial")
-        if main:
-            where = f"in epoch {partial['epoch']} after batch {partial['batch']}" if partial else f"after epoch {start_epoch}"
-            print(f"resuming from {ckpt_path} {where}", flush=True)
-    bs = recipe["batch_size"]
-    if size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if bs < size:
-            raise ValueError(f"batch_size {bs} is smaller than the {size} processes")
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        control = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-    else:
-        net, control = model, None
-
-    def checkpoint(epoch_done: int, extra: dict | None = None) -> None:
-        if main:
-            atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": _get_rng(), "history": history, "epoch": epoch_done, "run_key": run_key, **(extra or {})},
-                ckpt_path,
-            )
-
+    run = _Training(model, data, recipe, seed, Path(workdir), device, log_csv)
+    start_epoch, partial = run.resume()
+    run.distribute()
     with _StopSignal() as stop:
         for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
-            t0 = time.time()
-            model.train()
-            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-            # Accumulated on the device: no host sync per batch.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            seen, first = 0, 0
-            lr = optimizer.param_groups[0]["lr"]
-            if partial is not None and partial["epoch"] == epoch:  # mid-epoch resume
-                first = partial["batch"]
-                gen.set_state(partial["gen"])
-                if main:  # the partial sums are global; the other ranks start from zero
-                    loss_sum += partial["loss_sum"].to(device)
-                    correct += partial["correct"].to(device)
-                    seen = partial["seen"]
-                t0 -= partial["seconds"]
-                partial = None
-            n_batches = -(-len(order) // bs)
-            batches = data.train.batches(order[first * bs :], bs, data.norm, augment=recipe["augment"],
-                                         generator=gen, device=device, shard=(rank, size) if size > 1 else None)
-            for b in range(first, n_batches):
-                if size == 1:
-                    x, y = next(batches)
-                    weight = 1.0
-                else:
-                    n_global = min(bs, len(order) - b * bs)
-                    part = shard_slice(n_global, rank, size)
-                    if part.stop > part.start:
-                        x, y = next(batches)
-                        weight = size / n_global  # DDP averages over ranks: the whole batch's mean loss
-                    else:  # a last batch smaller than the world: take part with zero weight
-                        x, y = next(data.train.batches(order[:1], 1, data.norm, device=device))
-                        weight = 0.0
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
-                    logits = net(x)
-                    if size == 1:
-                        loss = criterion(logits, y)
-                        batch_loss = loss.detach() * len(y)
-                    else:
-                        summed = criterion_sum(logits, y)
-                        loss = summed * weight
-                        batch_loss = summed.detach()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if weight:
-                    loss_sum += batch_loss
-                    correct += (logits.argmax(1) == y).sum()
-                    seen += len(y)
-                signum = stop.agreed(control)
-                if signum:
-                    sums = [loss_sum.clone(), correct.clone(), torch.tensor(seen, device=device)]
-                    if size > 1:
-                        for t in sums:
-                            dist.all_reduce(t)
-                    checkpoint(epoch - 1, {"partial": {
-                        "epoch": epoch, "batch": b + 1, "gen": gen.get_state(), "loss_sum": sums[0].cpu(),
-                        "correct": sums[1].cpu(), "seen": int(sums[2]), "seconds": time.time() - t0}})
-                    _barrier()
-                    raise Preempted(signum, f"in epoch {epoch} after batch {b + 1}/{n_batches}")
-            if size > 1:
-                totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
-                dist.all_reduce(totals)
-                loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
-                for buf in model.buffers():  # BatchNorm running statistics: rank 0's, everywhere
-                    dist.broadcast(buf, 0)
-            loss_sum, correct = float(loss_sum), int(correct)
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
-            scheduler.step()
-            test = evaluate(model, data.test, data.norm, device, batch_size=recipe["eval_batch_size"], distributed=True)
-            row = {
-                "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-                "train_top1": 100.0 * correct / max(seen, 1), "test_top1": test["top1"], "test_top5": test["top5"],
-            }
-            if "top1_flagged" in test:
-                row["test_top1_flagged"] = test["top1_flagged"]
-            if len(val_idx):
-                row["val_top1"] = evaluate(model, data.train, data.norm, device, val_idx, recipe["eval_batch_size"],
-                                           distributed=True)["top1"]
-            row["seconds"] = time.time() - t0
-            history.append(row)
-            key = "val_top1" if len(val_idx) else "test_top1"
-            if main:
-                if row[key] >= max(r[key] for r in history):
-                    atomic_torch_save(model.state_dict(), best_path)
-                checkpoint(epoch)
-                _write_log(log_csv, history)
-                print(f"epoch {epoch}/{recipe['epochs']}: loss {row['train_loss']:.4f} test top-1 {row['test_top1']:.2f}% "
-                      f"({row['seconds']:.1f}s)", flush=True)
-            _barrier()
-            if epoch < recipe["epochs"]:
-                signum = stop.agreed(control)
-                if signum:
-                    raise Preempted(signum, f"after epoch {epoch}")
-    if sync_bn:
-        _revert_sync_bn(model)
-    if main:
-        _write_log(log_csv, history)
-    _barrier()
-    return summarize(history, selection="val" if len(val_idx) else "test")
+            run.epoch(epoch, partial if partial is not None and partial["epoch"] == epoch else None, stop)
+    return run.finish()
+
+
+class _Training:
+    """The state one :func:`fit` call trains with: model (DDP-wrapped as ``net`` when
+    distributed), optimizer, schedule, data split, history, and the checkpoint that saves them."""
+
+    def __init__(self, model: nn.Module, data: Data, recipe: dict, seed: int, workdir: Path,
+                 device: torch.device, log_csv: str | Path):
+        self.model, self.data, self.recipe, self.seed = model, data, recipe, seed
+        self.device, self.log_csv = device, log_csv
+        self.ckpt_path, self.best_path = workdir / "checkpoint.pt", workdir / "best.pt"
+        self.rank, self.size = world()
+        self.main = self.rank == 0
+        self.run_key = _run_key(model, recipe, seed)
+        torch.manual_seed(seed)
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)  # cuDNN's preferred layout for bf16 convolutions
+        self.sync_bn = self._convert_sync_bn()
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+            weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
+        )
+        self.scheduler = _scheduler(self.optimizer, recipe)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+        self.criterion_sum = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"], reduction="sum")
+        self.train_idx, self.val_idx = split_indices(len(data.train), recipe, seed)
+        self.history: list[dict] = []
+        self.net, self.control = model, None  # see distribute()
+
+    def _convert_sync_bn(self) -> bool:
+        sync_bn = bool(self.recipe.get("sync_bn")) and self.size > 1
+        if sync_bn and self.device.type != "cuda":
+            print("sync_bn: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process", flush=True)
+            sync_bn = False
+        if sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        return sync_bn
+
+    def resume(self) -> tuple[int, dict | None]:
+        """Load this run's checkpoint, if there is one: (epochs done, position in the next epoch
+        when it was written mid-epoch, else None). A checkpoint of another run is ignored."""
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True) if self.ckpt_path.is_file() else None
+        if state is not None and state.get("run_key") != self.run_key:
+            if self.main:
+                print(f"ignoring {self.ckpt_path}: it was written by another run (other starting weights, recipe or "
+                      "seed); starting afresh", flush=True)
+            state = None
+        if state is None:
+            return 0, None
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng(state["rng"])
+        self.history, partial = state["history"], state.get("partial")
+        if self.main:
+            where = (f"in epoch {partial['epoch']} after batch {partial['batch']}" if partial
+                     else f"after epoch {state['epoch']}")
+            print(f"resuming from {self.ckpt_path} {where}", flush=True)
+        return state["epoch"], partial
+
+    def distribute(self) -> None:
+        """With several processes: wrap the model in DistributedDataParallel, and pick the gloo
+        group the stop signal is agreed on (a host-side all-reduce, no device sync)."""
+        if self.size == 1:
+            return
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.recipe["batch_size"] < self.size:
+            raise ValueError(f"batch_size {self.recipe['batch_size']} is smaller than the {self.size} processes")
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.control = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def checkpoint(self, epochs_done: int, extra: dict | None = None) -> None:
+        if self.main:
+            atomic_torch_save(
+                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": _get_rng(), "history": self.history,
+                 "epoch": epochs_done, "run_key": self.run_key, **(extra or {})},
+                self.ckpt_path,
+            )
+
+    def epoch(self, epoch: int, partial: dict | None, stop: _StopSignal) -> None:
+        """Train one epoch (from where ``partial`` stopped, if given), evaluate, record and
+        checkpoint it; raise Preempted when a stop signal came meanwhile."""
+        t0 = time.time() - (partial["seconds"] if partial is not None else 0.0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum, correct, seen = self._train(epoch, partial, stop, t0)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
+        self.scheduler.step()
+        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+               "train_top1": 100.0 * correct / max(seen, 1), **self._evaluate()}
+        row["seconds"] = time.time() - t0
+        self._record(row)
+        if epoch < self.recipe["epochs"]:
+            signum = stop.agreed(self.control)
+            if signum:
+                raise Preempted(signum, f"after epoch {epoch}")
+
+    def _train(self, epoch: int, partial: dict | None, stop: _StopSignal, t0: float) -> tuple[float, int, int]:
+        """One epoch's SGD steps over the (seed, epoch) order; returns the training loss sum,
+        correct predictions and images seen, summed over all processes."""
+        self.model.train()
+        bs, device = self.recipe["batch_size"], self.device
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = self.train_idx[torch.randperm(len(self.train_idx), generator=gen).numpy()]
+        # Accumulated on the device: no host sync per batch.
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen, first = 0, 0
+        if partial is not None:  # mid-epoch resume
+            first = partial["batch"]
+            gen.set_state(partial["gen"])
+            if self.main:  # the partial sums are global; the other ranks start from zero
+                loss_sum += partial["loss_sum"].to(device)
+                correct += partial["correct"].to(device)
+                seen = partial["seen"]
+        n_batches = -(-len(order) // bs)
+        batches = self.data.train.batches(order[first * bs :], bs, self.data.norm, augment=self.recipe["augment"],
+                                          generator=gen, device=device,
+                                          shard=(self.rank, self.size) if self.size > 1 else None)
+        for b in range(first, n_batches):
+            x, y, weight = self._next_batch(batches, order, b)
+            batch_loss, logits = self._step(x, y, weight)
+            if weight:
+                loss_sum += batch_loss
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+            signum = stop.agreed(self.control)
+            if signum:
+                self._checkpoint_mid_epoch(epoch, b + 1, gen, (loss_sum, correct, seen), t0)
+                raise Preempted(signum, f"in epoch {epoch} after batch {b + 1}/{n_batches}")
+        if self.size > 1:
+            import torch.distributed as dist
+
+            totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
+            for buf in self.model.buffers():  # BatchNorm running statistics: rank 0's, everywhere
+                dist.broadcast(buf, 0)
+        return float(loss_sum), int(correct), seen
+
+    def _next_batch(self, batches, order: np.ndarray, b: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This process's part of global batch ``b`` and its loss weight: with several processes
+        the loss is scaled so that DDP's average over ranks is the whole batch's mean loss."""
+        if self.size == 1:
+            x, y = next(batches)
+            return x, y, 1.0
+        bs = self.recipe["batch_size"]
+        n_global = min(bs, len(order) - b * bs)
+        part = shard_slice(n_global, self.rank, self.size)
+        if part.stop > part.start:
+            x, y = next(batches)
+            return x, y, self.size / n_global
+        # a last batch smaller than the world: take part with zero weight
+        x, y = next(self.data.train.batches(order[:1], 1, self.data.norm, device=self.device))
+        return x, y, 0.0
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step; returns the batch's summed loss (detached) and the logits."""
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device):
+            logits = self.net(x)
+            if self.size == 1:
+                loss = self.criterion(logits, y)
+                batch_loss = loss.detach() * len(y)
+            else:
+                summed = self.criterion_sum(logits, y)
+                loss = summed * weight
+                batch_loss = summed.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return batch_loss, logits
+
+    def _checkpoint_mid_epoch(self, epoch: int, batches_done: int, gen: torch.Generator, sums: tuple,
+                              t0: float) -> None:
+        """A checkpoint of the epochs before ``epoch`` plus the position in it: batches done, the
+        epoch generator's state and the global partial sums; every rank waits for it."""
+        loss_sum, correct, seen = sums
+        totals = [loss_sum.clone(), correct.clone(), torch.tensor(seen, device=self.device)]
+        if self.size > 1:
+            import torch.distributed as dist
+
+            for t in totals:
+                dist.all_reduce(t)
+        self.checkpoint(epoch - 1, {"partial": {
+            "epoch": epoch, "batch": batches_done, "gen": gen.get_state(), "loss_sum": totals[0].cpu(),
+            "correct": totals[1].cpu(), "seen": int(totals[2]), "seconds": time.time() - t0}})
+        _barrier()
+
+    def _evaluate(self) -> dict:
+        """Test top-1/top-5 (flagged top-1 if any) and held-out validation top-1 of this epoch."""
+        batch = self.recipe["eval_batch_size"]
+        test = evaluate(self.model, self.data.test, self.data.norm, self.device, batch_size=batch, distributed=True)
+        row = {"test_top1": test["top1"], "test_top5": test["top5"]}
+        if "top1_flagged" in test:
+            row["test_top1_flagged"] = test["top1_flagged"]
+        if len(self.val_idx):
+            row["val_top1"] = evaluate(self.model, self.data.train, self.data.norm, self.device, self.val_idx, batch,
+                                       distributed=True)["top1"]
+        return row
+
+    def _record(self, row: dict) -> None:
+        """Append an epoch to the history; rank 0 keeps the best weights, checkpoints and logs."""
+        self.history.append(row)
+        key = "val_top1" if len(self.val_idx) else "test_top1"
+        if self.main:
+            if row[key] >= max(r[key] for r in self.history):
+                atomic_torch_save(self.model.state_dict(), self.best_path)
+            self.checkpoint(row["epoch"])
+            _write_log(self.log_csv, self.history)
+            print(f"epoch {row['epoch']}/{self.recipe['epochs']}: loss {row['train_loss']:.4f} test top-1 "
+                  f"{row['test_top1']:.2f}% ({row['seconds']:.1f}s)", flush=True)
+        _barrier()
+
+    def finish(self) -> dict:
+        if self.sync_bn:
+            _revert_sync_bn(self.model)
+        if self.main:
+            _write_log(self.log_csv, self.history)
+        _barrier()
+        return summarize(self.history, selection="val" if len(self.val_idx) else "test")
 
 
 def _revert_sync_bn(module: nn.Module) -> None:

@@ -3,12 +3,11 @@
 
 rule baseline:
     output:
-        "results/{model}/baseline/model.pt",
+        paths.BASELINE_MODEL,
     log:
-        "results/{model}/baseline/baseline.log",
+        paths.BASELINE_LOG,
     params:
-        fingerprint=lambda w: fingerprint(baseline_cfg(w), config["datasets"][model_cfg(w)["dataset"]],
-                                          config["recipes"].get(model_cfg(w)["baseline_recipe"])),
+        fingerprint=lambda w: fingerprints.baseline(config, w.model),
     threads: 2
     resources:
         mem_mb=8000,
@@ -23,11 +22,13 @@ rule baseline:
 
 rule evaluate_baseline:
     input:
-        "results/{model}/baseline/model.pt",
+        paths.BASELINE_MODEL,
     output:
-        "results/{model}/baseline/acc.json",
+        paths.BASELINE_ACC,
     log:
-        "results/{model}/baseline/evaluate.log",
+        paths.BASELINE_EVALUATE_LOG,
+    params:
+        fingerprint=lambda w: fingerprints.baseline_evaluation(config, w.model),
     threads: 2
     resources:
         mem_mb=8000,

@@ -4,13 +4,13 @@
 
 rule extract:
     input:
-        "results/{model}/baseline/model.pt",
+        paths.BASELINE_MODEL,
     output:
-        "results/{model}/features.h5",
+        paths.FEATURES,
     log:
-        "results/{model}/features.log",
+        paths.FEATURES_LOG,
     params:
-        fingerprint=lambda w: fingerprint(config["features"], sorted({tap_kind(m) or "" for m in model_methods(config, w.model)})),
+        fingerprint=lambda w: fingerprints.features(config, w.model),
     threads: 2
     resources:
         mem_mb=8000,
@@ -23,9 +23,9 @@ rule extract:
 
 
 def score_inputs(w):
-    inputs = {"model": f"results/{w.model}/baseline/model.pt"}
+    inputs = {"model": paths.BASELINE_MODEL.format(**w)}
     if needs_features(w.model, w.method):
-        inputs["features"] = f"results/{w.model}/features.h5"
+        inputs["features"] = paths.FEATURES.format(**w)
     return inputs
 
 
@@ -33,13 +33,13 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        "results/{model}/scores/{method}.npz",
+        paths.SCORES,
     log:
-        "results/{model}/scores/{method}.log",
+        paths.SCORES_LOG,
     wildcard_constraints:
         method="|".join(m for m in METHODS if m != "fpfmc"),
     params:
-        fingerprint=lambda w: fingerprint(config["method_params"].get(w.method, {})),
+        fingerprint=lambda w: fingerprints.scores(config, w.model, w.method),
         features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
     threads: 2
     resources:
@@ -54,13 +54,13 @@ rule score:
 
 rule fpfmc_kselect:
     input:
-        "results/{model}/features.h5",
+        paths.FEATURES,
     output:
-        "results/{model}/fpfmc/kselect.h5",
+        paths.FPFMC_KSELECT,
     log:
-        "results/{model}/fpfmc/kselect.log",
+        paths.FPFMC_KSELECT_LOG,
     params:
-        fingerprint=lambda w: fingerprint(config["method_params"].get("fpfmc", {})),
+        fingerprint=lambda w: fingerprints.scores(config, w.model, "fpfmc"),
     threads: 2
     resources:
         mem_mb=8000,
@@ -74,11 +74,13 @@ rule fpfmc_kselect:
 
 rule fpfmc_cluster:
     input:
-        "results/{model}/fpfmc/kselect.h5",
+        paths.FPFMC_KSELECT,
     output:
-        "results/{model}/fpfmc/labels.h5",
+        paths.FPFMC_LABELS,
     log:
-        "results/{model}/fpfmc/cluster.log",
+        paths.FPFMC_CLUSTER_LOG,
+    params:
+        fingerprint=lambda w: fingerprints.scores(config, w.model, "fpfmc"),
     resources:
         mem_mb=4000,
         runtime=60,
@@ -90,11 +92,13 @@ rule fpfmc_cluster:
 
 rule fpfmc_sort:
     input:
-        "results/{model}/fpfmc/labels.h5",
+        paths.FPFMC_LABELS,
     output:
-        "results/{model}/scores/fpfmc.npz",
+        paths.SCORES.format(model="{model}", method="fpfmc"),
     log:
-        "results/{model}/fpfmc/sort.log",
+        paths.FPFMC_SORT_LOG,
+    params:
+        fingerprint=lambda w: fingerprints.scores(config, w.model, "fpfmc"),
     resources:
         mem_mb=4000,
         runtime=30,

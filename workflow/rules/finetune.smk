@@ -3,12 +3,12 @@
 
 def finetune_inputs(w):
     inputs = {
-        "pruned": f"results/{w.model}/{w.method}/{w.plan}/pruned.pt",
-        "pruned_report": f"results/{w.model}/{w.method}/{w.plan}/pruned.json",
-        "baseline_report": f"results/{w.model}/baseline/acc.json",
+        "pruned": paths.PRUNED_MODEL.format(**w),
+        "pruned_report": paths.PRUNED_REPORT.format(**w),
+        "baseline_report": paths.BASELINE_ACC.format(**w),
     }
     if needs_features(w.model, w.method):
-        inputs["features"] = f"results/{w.model}/features.h5"
+        inputs["features"] = paths.FEATURES.format(**w)
     return inputs
 
 
@@ -16,13 +16,13 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        acc="results/{model}/{method}/{plan}/seed{seed}/acc.json",
-        model="results/{model}/{method}/{plan}/seed{seed}/model.pt",
-        log_csv="results/{model}/{method}/{plan}/seed{seed}/log.csv",
+        acc=paths.ACC,
+        model=paths.RUN_MODEL,
+        log_csv=paths.RUN_LOG_CSV,
     log:
-        "results/{model}/{method}/{plan}/seed{seed}/finetune.log",
+        paths.FINETUNE_LOG,
     params:
-        fingerprint=lambda w: fingerprint(finetune_recipe(w)),
+        fingerprint=lambda w: fingerprints.run(config, w.model, w.method, w.plan),
         features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",
     threads: 2
     resources:
@@ -40,12 +40,14 @@ rule finetune:
 
 rule default_operating_point:
     input:
-        lambda w: (f"results/{w.model}/{w.method}/{model_cfg(w)['default_plan']}/"
-                   f"seed{plan_seeds(config, w.model, model_cfg(w)['default_plan'])[0]}/acc.json"),
+        lambda w: paths.ACC.format(model=w.model, method=w.method, plan=model_cfg(w)["default_plan"],
+                                   seed=plan_seeds(config, w.model, model_cfg(w)["default_plan"])[0]),
     output:
-        "results/{model}/{method}/acc.json",
+        paths.DEFAULT_ACC,
+    params:
+        fingerprint=lambda w: fingerprints.run(config, w.model, w.method, model_cfg(w)["default_plan"]),
     localrule: True
-    run:
-        from fmprune.pipeline import publish_default
-
-        publish_default(Path(input[0]), Path(output[0]))
+    # A shell command, not a `run:` block: Snakemake starts `run:` blocks with an unquoted
+    # interpreter path, which breaks in a checkout whose path has a space.
+    shell:
+        "cp {input:q} {output:q}"

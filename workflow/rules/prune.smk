@@ -3,13 +3,13 @@
 
 rule plan:
     input:
-        "results/{model}/scores/{method}.npz",
+        paths.SCORES,
     output:
-        "results/{model}/{method}/{plan}/plan.json",
+        paths.PLAN,
     log:
-        "results/{model}/{method}/{plan}/plan.log",
+        paths.PLAN_LOG,
     params:
-        fingerprint=lambda w: fingerprint(model_cfg(w)["plans"][w.plan]),
+        fingerprint=lambda w: fingerprints.plan(config, w.model, w.method, w.plan),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -22,13 +22,15 @@ rule plan:
 
 rule prune:
     input:
-        model="results/{model}/baseline/model.pt",
-        plan="results/{model}/{method}/{plan}/plan.json",
+        model=paths.BASELINE_MODEL,
+        plan=paths.PLAN,
     output:
-        model="results/{model}/{method}/{plan}/pruned.pt",
-        report="results/{model}/{method}/{plan}/pruned.json",
+        model=paths.PRUNED_MODEL,
+        report=paths.PRUNED_REPORT,
     log:
-        "results/{model}/{method}/{plan}/prune.log",
+        paths.PRUNE_LOG,
+    params:
+        fingerprint=lambda w: fingerprints.pruned(config, w.model, w.method, w.plan),
     threads: 2
     resources:
         mem_mb=8000,

@@ -4,10 +4,10 @@
 rule summary_table:
     input:
         acc=run_targets(),
-        baselines=expand("results/{model}/baseline/acc.json", model=config["models"]),
+        baselines=expand(paths.BASELINE_ACC, model=models_in_all()),
     output:
-        csv=report("results/tables/summary.csv", caption="../report/summary.rst", category="Summary"),
-        md="results/tables/summary.md",
+        csv=report(paths.SUMMARY_CSV, caption="../report/summary.rst", category="Summary"),
+        md=paths.SUMMARY_MD,
     localrule: True
     conda:
         "../../envs/fmprune.yaml"
@@ -26,8 +26,8 @@ from fmprune.tables import PAPER_RESULTS, paper_state
 
 rule paper_table:
     output:
-        csv=f"results/tables/paper-{config['table_name']}.csv",
-        md=f"results/tables/paper-{config['table_name']}.md",
+        csv=paths.PAPER_TABLE_CSV.format(table_name=config["table_name"]),
+        md=paths.PAPER_TABLE_MD.format(table_name=config["table_name"]),
     params:
         state=lambda w: paper_state(config, PAPER_RESULTS, Path("results")),
     localrule: True
@@ -43,8 +43,8 @@ def compare_inputs(w):
     points = operating_points(w.model, compare_plans(config, w.model))
     return {
         "acc": acc_targets(w.model, points),
-        "plans": [f"results/{w.model}/{method}/{plan}/plan.json" for method, plan in points],
-        "baseline": f"results/{w.model}/baseline/acc.json",
+        "plans": [paths.PLAN.format(model=w.model, method=method, plan=plan) for method, plan in points],
+        "baseline": paths.BASELINE_ACC.format(**w),
     }
 
 
@@ -52,16 +52,16 @@ rule compare:
     input:
         unpack(compare_inputs),
     output:
-        csv=report("results/compare/{model}/table.csv", caption="../report/compare_table.rst",
+        csv=report(paths.COMPARE_TABLE_CSV, caption="../report/compare_table.rst",
                    category="Equal-cost comparison", subcategory="{model}"),
-        md="results/compare/{model}/table.md",
-        pareto=report("results/compare/{model}/pareto.png", caption="../report/pareto.rst",
+        md=paths.COMPARE_TABLE_MD,
+        pareto=report(paths.COMPARE_PARETO, caption="../report/pareto.rst",
                       category="Equal-cost comparison", subcategory="{model}"),
-        jaccard=report("results/compare/{model}/jaccard.png", caption="../report/jaccard.rst",
+        jaccard=report(paths.COMPARE_JACCARD_PNG, caption="../report/jaccard.rst",
                        category="Equal-cost comparison", subcategory="{model}"),
-        jaccard_csv=report("results/compare/{model}/jaccard.csv", caption="../report/jaccard_csv.rst",
+        jaccard_csv=report(paths.COMPARE_JACCARD_CSV, caption="../report/jaccard_csv.rst",
                            category="Equal-cost comparison", subcategory="{model}"),
-        jaccard_md="results/compare/{model}/jaccard.md",
+        jaccard_md=paths.COMPARE_JACCARD_MD,
     localrule: True
     conda:
         "../../envs/fmprune.yaml"

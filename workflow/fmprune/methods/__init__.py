@@ -1,9 +1,10 @@
 """Method registry and the one entry point the pipeline calls: :func:`score_groups`.
 
 A feature-map method is a module with ``TAP`` ("act" or "conv", None when it reads weights
-only). Most methods expose ``channel_scores(batches, **params) -> [C]`` (higher = kept); CDP,
-RGD and FP-FMC have a few more steps, run here or by their own rules. A group written by
-several convs has one tap per writer (METHODS.md's coupled-group rule):
+only) and ``PARAMS`` (the keywords it accepts from ``method_params``, each with a check run at
+config validation, see :mod:`.params`). Most methods expose ``channel_scores(batches, **params)
+-> [C]`` (higher = kept); CDP, RGD and FP-FMC have a few more steps, run here or by their own
+rules. A group written by several convs has one tap per writer (METHODS.md's coupled-group rule):
 
 - score-based methods divide each tap's scores by their mean absolute value over channels
   (the mean, for non-negative scores) and average them (see :func:`combine`);
@@ -21,21 +22,11 @@ from .. import FmpruneError
 from ..models import ArchSpec
 from . import cdp, cfdp, dct, fpfmc, hrank, l1, rgd
 from . import random as random_method
+from .params import ParamError
 
 METHODS = {"hrank": hrank, "cfdp": cfdp, "dct": dct, "cdp": cdp, "rgd": rgd, "fpfmc": fpfmc, "l1": l1,
            "random": random_method}
 
-# Keyword arguments each method accepts from ``method_params`` (anything else is a config error).
-PARAMS = {
-    "hrank": set(),
-    "cfdp": {"block", "sigma", "alpha"},
-    "dct": {"band"},
-    "cdp": {"coe", "documents"},
-    "rgd": {"hash_size", "images", "threshold"},
-    "fpfmc": {"images", "seed"},
-    "l1": set(),
-    "random": {"seed"},
-}
 RGD_DEFAULTS = {"hash_size": 8, "images": 128, "threshold": 0.7}
 FPFMC_DEFAULTS = {"images": 128, "seed": 0}
 
@@ -60,11 +51,17 @@ def tap_kind(method: str) -> str | None:
 
 
 def check_params(method: str, params: dict) -> None:
-    get(method)
-    unknown = set(params) - PARAMS[method]
+    """Refuse unknown keywords and values a method's scorer would reject (its module's ``PARAMS``)."""
+    accepted = get(method).PARAMS
+    unknown = sorted(set(params) - set(accepted))
     if unknown:
-        allowed = ", ".join(sorted(PARAMS[method])) or "none"
-        raise FmpruneError(f"method_params.{method}: unknown parameter {sorted(unknown)[0]!r} (accepted: {allowed})")
+        allowed = ", ".join(sorted(accepted)) or "none"
+        raise ParamError(f"method_params.{method}", f"unknown parameter {unknown[0]!r} (accepted: {allowed})")
+    for key, value in params.items():
+        try:
+            accepted[key](value)
+        except (ValueError, TypeError) as exc:
+            raise ParamError(f"method_params.{method}.{key}", str(exc)) from None
 
 
 def combine(per_tap: list[np.ndarray]) -> np.ndarray:

@@ -31,7 +31,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .params import number, one_of
+from .streaming import checked_maps
+
 TAP = "conv"
+PARAMS = {"coe": number(minimum=0.0), "documents": one_of("image", "class")}  # with their checks
 
 #: Activations within ``TIE_RTOL * max_n |a[c, n]|`` of their row mean count as equal to it.
 TIE_RTOL = 1e-12
@@ -61,10 +65,7 @@ def document_activations(
         sums = None
     columns = []
     n_images = 0
-    for batch in batches:
-        x = torch.as_tensor(batch).detach().to(dtype=torch.float64)
-        if x.ndim != 4:
-            raise ValueError(f"expected [B, C, H, W] feature maps, got shape {tuple(x.shape)}")
+    for x in checked_maps(batches):
         act = torch.relu(x).mean(dim=(2, 3))  # [B, C]
         b = act.shape[0]
         if by_class:
@@ -76,8 +77,6 @@ def document_activations(
         else:
             columns.append(act.T)
         n_images += b
-    if n_images == 0:
-        raise ValueError("no feature maps: the batch iterable was empty")
     if by_class:
         if n_images != labels.size:
             raise ValueError(f"{labels.size} labels for {n_images} images")

@@ -45,8 +45,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from .dct import dct_matrix
+from .streaming import checked_maps
+from .params import integer, number
 
 TAP = "act"
+PARAMS = {"block": integer(1), "sigma": number(minimum=0.0), "alpha": number(minimum=0.0)}  # with their checks
 
 #: Entries of M within ``TIE_RTOL * ||F||_F`` of mean(M) count as equal to it (not above).
 TIE_RTOL = 1e-12
@@ -84,23 +87,15 @@ def channel_scores(
     if int(block) != block or block < 1:
         raise ValueError(f"block must be a positive integer; got {block!r}")
     block = int(block)
-    total = None
-    shape = None
-    n_images = 0
-    for batch in batches:
-        x = torch.as_tensor(batch).detach().to(dtype=torch.float64)
-        if x.ndim != 4:
-            raise ValueError(f"expected [B, C, H, W] feature maps, got shape {tuple(x.shape)}")
+    total, n_images = None, 0
+    for x in checked_maps(batches):
         b, c, h, w = x.shape
-        if shape is None:
-            shape = (c, h, w)
+        if total is None:
             total = torch.zeros(c, dtype=torch.float64)
             bh, bw = (h, w) if h < block or w < block else (block, block)
             nh, nw = h // bh, w // bw
             op_t = torch.from_numpy(np.array(block_operator(bh, bw, sigma))).T
             n_padding = h * w - nh * bh * nw * bw
-        elif (c, h, w) != shape:
-            raise ValueError(f"batch maps of shape {(c, h, w)} differ from the first, {shape}")
         blocks = (
             x[:, :, : nh * bh, : nw * bw]
             .reshape(b, c, nh, bh, nw, bw)
@@ -116,6 +111,4 @@ def channel_scores(
         score = freq + alpha * f_norm
         total += score.sum(dim=0)
         n_images += b
-    if n_images == 0:
-        raise ValueError("no feature maps: the batch iterable was empty")
     return (total / n_images).numpy()

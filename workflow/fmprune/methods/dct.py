@@ -22,6 +22,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .streaming import checked_maps
+
 TAP = "act"
 
 _BAND_FORMS = "'all', 'low:K' (K a positive integer) or 'zigzag:P' (0 < P <= 1)"
@@ -69,6 +71,9 @@ def parse_band(band: str) -> tuple[str, float]:
     raise ValueError(f"band must be {_BAND_FORMS}; got {band!r}")
 
 
+PARAMS = {"band": parse_band}  # keyword arguments of channel_scores, with their checks (see .params)
+
+
 def band_mask(kind: str, value: float, h: int, w: int) -> np.ndarray:
     """Boolean mask over the h x w coefficients, cropped to its bounding box (top-left corner)."""
     if kind == "all":
@@ -86,24 +91,16 @@ def band_mask(kind: str, value: float, h: int, w: int) -> np.ndarray:
 def channel_scores(batches: Iterable[torch.Tensor], *, band: str = "all") -> np.ndarray:
     """Mean over images of the DCT energy in ``band`` of each channel's map; float64 [C]."""
     kind, value = parse_band(band)
-    total = None
-    shape = None
-    n_images = 0
-    for batch in batches:
-        x = torch.as_tensor(batch).detach().to(dtype=torch.float64)
-        if x.ndim != 4:
-            raise ValueError(f"expected [B, C, H, W] feature maps, got shape {tuple(x.shape)}")
+    total, n_images = None, 0
+    for x in checked_maps(batches):
         _, c, h, w = x.shape
-        if shape is None:
-            shape = (c, h, w)
+        if total is None:
             total = torch.zeros(c, dtype=torch.float64)
             if kind != "all":
                 mask = band_mask(kind, value, h, w)
                 dh = torch.from_numpy(dct_matrix(h)[: mask.shape[0]])
                 dw = torch.from_numpy(dct_matrix(w)[: mask.shape[1]])
                 mask_t = torch.from_numpy(mask).to(torch.float64)
-        elif (c, h, w) != shape:
-            raise ValueError(f"batch maps of shape {(c, h, w)} differ from the first, {shape}")
         if kind == "all":
             energy = x.square().sum(dim=(2, 3))
         else:
@@ -111,6 +108,4 @@ def channel_scores(batches: Iterable[torch.Tensor], *, band: str = "all") -> np.
             energy = (coeffs.square() * mask_t).sum(dim=(2, 3))
         total += energy.sum(dim=0)
         n_images += x.shape[0]
-    if n_images == 0:
-        raise ValueError("no feature maps: the batch iterable was empty")
     return (total / n_images).numpy()

@@ -117,6 +117,8 @@ from typing import Any
 
 import numpy as np
 
+from .params import integer
+
 __all__ = [
     "TAP",
     "normalize_maps",
@@ -134,6 +136,7 @@ __all__ = [
 ]
 
 TAP = "act"
+PARAMS = {"images": integer(1), "seed": integer(0)}  # of the kselect → cluster → sort rules, with their checks
 
 # t-SNE parameters (sklearn TSNE defaults, perplexity from the paper).
 PERPLEXITY = 1.0

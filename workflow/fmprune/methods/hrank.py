@@ -14,6 +14,7 @@ import torch
 from .. import FmpruneError
 
 TAP = "act"
+PARAMS: dict = {}  # keyword arguments of channel_scores, with their checks (see .params)
 NEEDS_FLOAT32 = True  # the rank tolerance (~1e-6 relative) is far below float16 rounding
 
 

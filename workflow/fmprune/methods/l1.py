@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 TAP = None
+PARAMS: dict = {}  # keyword arguments of the scorer, with their checks (see .params)
 
 
 def filter_norms(conv: nn.Conv2d) -> np.ndarray:

@@ -8,7 +8,10 @@ import zlib
 
 import numpy as np
 
+from .params import integer
+
 TAP = None
+PARAMS = {"seed": integer(0)}  # keyword arguments of channel_scores, with their checks
 
 
 def channel_scores(group: str, channels: int, seed: int = 0) -> np.ndarray:

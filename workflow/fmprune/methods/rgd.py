@@ -66,9 +66,14 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .params import integer, number
+from .streaming import checked_maps
+
 __all__ = ["TAP", "similarity", "decompose", "ranking_scores", "group_similarity"]
 
 TAP = "conv"
+# keyword arguments of the scorer (methods.score_groups), with their checks
+PARAMS = {"hash_size": integer(1), "images": integer(1), "threshold": number(0.0, 1.0)}
 
 # Images of one batch transformed / compared at a time are capped so that the float64 copy of
 # the chunk stays at most this many elements (32 MiB), bounding memory beyond the input batch.
@@ -117,33 +122,20 @@ def similarity(batches: Iterable[torch.Tensor], *, hash_size: int = 8) -> np.nda
 
     dots: torch.Tensor | None = None  # Σ over images of s_i · s_j, int64 [C, C]
     n_images = 0
-    shape: tuple[int, int, int] | None = None
-    d_h = d_w_t = None
-    n_bits = 0
-    for batch in batches:
-        batch = torch.as_tensor(batch)
-        if batch.ndim != 4:
-            raise ValueError(f"expected [B, C, H, W] feature maps, got shape {tuple(batch.shape)}")
+    for batch in checked_maps(batches, dtype=None):  # hashed chunk by chunk, in float64
         b, c, h, w = batch.shape
-        if shape is None:
-            shape = (c, h, w)
+        if dots is None:
             kh, kw = min(hash_size, h), min(hash_size, w)
             n_bits = kh * kw
             d_h = _dct2_rows(h, kh)
             d_w_t = _dct2_rows(w, kw).T.contiguous()
             dots = torch.zeros((c, c), dtype=torch.int64)
-        elif (c, h, w) != shape:
-            raise ValueError(f"batch of shape {tuple(batch.shape)} after batches of [*, {shape}]")
-        if b == 0:
-            continue
         step = max(1, min(_CHUNK_ELEMENTS // (c * h * w), _FLOAT32_EXACT // n_bits))
-        for chunk in batch.detach().cpu().split(step, dim=0):
+        for chunk in batch.cpu().split(step, dim=0):
             s = _signed_hashes(chunk, d_h, d_w_t)  # [b, C, n_bits]
             x = s.transpose(0, 1).reshape(c, -1)  # [C, b·n_bits]
             dots += (x @ x.T).to(torch.int64)
         n_images += b
-    if dots is None or n_images == 0:
-        raise ValueError("similarity() needs at least one image")
     # mean over images of 1 − (n_bits − dot) / (2 n_bits) = (N·n_bits + Σdot) / (2·N·n_bits)
     total = dots.numpy() + n_images * n_bits
     return total.astype(np.float64) / float(2 * n_images * n_bits)

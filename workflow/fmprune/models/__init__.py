@@ -25,6 +25,7 @@ _REGISTRY: dict[str, tuple[str, str, int]] = {
     "densenet40": ("densenet", "densenet40", 32),
     "resnet50": ("resnet_imagenet", "resnet50", 224),
     "resnet18": ("resnet_imagenet", "resnet18", 224),
+    "u2netp": ("u2net", "u2netp", 320),
 }
 
 ARCHS = tuple(_REGISTRY)

@@ -12,14 +12,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import Rule
 from .spec import ArchSpec, ChannelGroup, ModuleIO, RateEntry
 
 DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
 WIDTHS = (16, 32, 64)
 
 
+def _prune_shortcut(name: str, m: "IndexShortcut", out: torch.Tensor, inp: torch.Tensor) -> None:
+    """New source map: kept output i reads the position of its old source among kept inputs."""
+    position = torch.full((max(int(m.src.max()), int(inp.max())) + 1,), -1, dtype=torch.long)
+    position[inp] = torch.arange(inp.numel())
+    old = m.src[out]
+    m.src = torch.where(old >= 0, position[old.clamp(min=0)], -1)
+
+
+def _mask_shortcut(name: str, m: "IndexShortcut", out: torch.Tensor, inp: torch.Tensor) -> None:
+    """Removed outputs and outputs reading a removed input copy nothing."""
+    m.src[out] = -1
+    m.src[torch.isin(m.src, inp)] = -1
+
+
 class IndexShortcut(nn.Module):
     """out[:, i] = x[:, src[i], ::stride, ::stride], or 0 where src[i] == -1."""
+
+    # An index map: a producer of its output channels from its input channels, with no MACs.
+    fmprune_rule = Rule(lambda m: "producer", _prune_shortcut, _mask_shortcut, lambda m, x, y, seeds: 0)
 
     def __init__(self, src: torch.Tensor, stride: int):
         super().__init__()

@@ -25,6 +25,8 @@ class ChannelGroup:
     # When set, a rate applies to the *kept* width of these groups, not to ``channels``: the
     # seeds size DenseNet's transitions as floor(W·(1 − r)) of their pruned input width W.
     width_of: tuple[str, ...] = ()
+    # Why a group is not prunable, when a trace decided it (the op and module that keep it whole).
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ModuleIO:
 
     out: tuple[str, ...] = ()
     inp: tuple[str, ...] = ()
+    # Input features per input channel: H·W when a linear layer reads a flattened feature map.
+    inp_expand: int = 1
 
 
 @dataclass(frozen=True)
