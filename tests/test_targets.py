@@ -60,3 +60,18 @@ def test_design_card_command_runs_on_the_shared_data(tmp_path, cifar_root, resne
     assert acc["plan"] == "seeds018" and acc["macs"] == 89_017_984
     assert acc["baseline"]["top1"] > 90.0  # the pretrained checkpoint on the exact test images
     assert acc["provenance"]["checkpoint_sha256"].startswith("4bfd9763")
+
+
+def test_config_paths_expand_the_cache_variable(monkeypatch, tmp_path):
+    from fmprune.io import user_path
+
+    monkeypatch.setenv("FMPRUNE_CACHE", str(tmp_path / "cache"))
+    assert user_path("$FMPRUNE_CACHE/cifar10") == tmp_path / "cache" / "cifar10"
+    assert user_path("${FMPRUNE_CACHE}/weights/x.th") == tmp_path / "cache" / "weights" / "x.th"
+    monkeypatch.delenv("FMPRUNE_CACHE")
+    assert user_path("$FMPRUNE_CACHE/cifar10") == Path.home() / ".cache" / "fmprune" / "cifar10"  # also when unset
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    assert user_path("$DATA_ROOT/imagenet") == tmp_path / "imagenet"
+    for config in (REPO / "config").glob("*.yaml"):  # no config bypasses FMPRUNE_CACHE
+        values = [line for line in config.read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert not any("~/.cache/fmprune" in line for line in values), config.name

@@ -12,6 +12,7 @@ import time
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from . import FmpruneError
 from .counting import module_macs
@@ -93,16 +94,16 @@ def check_model(model: nn.Module, arch: str, size: int, seed: int = 0) -> tuple[
     unsupported = next((g.reason for g in spec.groups.values() if g.reason.startswith("unsupported")), "")
     kept = random_plan(spec, seed)
     pruned, masked = pruned_copy(model, kept, spec), mask_(copy.deepcopy(model), kept, spec)
-    with torch.no_grad():
-        a, b = pruned(x), masked(x)
-    delta = float((a - b).abs().max())
+    with torch.no_grad():  # outputs may be tuples (a U-Net's side outputs)
+        a, b = tree_flatten(pruned(x))[0], tree_flatten(masked(x))[0]
+    delta = max(float((p - q).abs().max()) for p, q in zip(a, b))
     params, macs = sum(p.numel() for p in pruned.parameters()), sum(module_macs(pruned, size).values())
     want_params, want_macs = expected_sizes(model, spec, kept, size)
     full_macs = sum(module_macs(model, size).values())
     facts = (f"{len(prunable)}/{len(spec.groups)} groups prunable; MACs {full_macs / 1e6:.1f}M → {macs / 1e6:.1f}M, "
              f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M → {params / 1e6:.2f}M "
              f"at {size}×{size}; {time.perf_counter() - start:.1f} s")
-    if delta > 1e-9 * max(1.0, float(b.abs().max())):
+    if delta > 1e-9 * max(1.0, *(float(q.abs().max()) for q in b)):
         return False, f"FAIL {arch}: pruned != masked (max |Δ| {delta:.2e}); {facts}"
     if (params, macs) != (want_params, want_macs):
         return False, f"FAIL {arch}: pruned counts {params} params, {macs} MACs; masking says {want_params}, {want_macs}"

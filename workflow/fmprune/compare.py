@@ -2,7 +2,8 @@
 
 Every method is pruned to the same MAC targets (plans with ``target_reduction`` or
 ``target_macs``), fine-tuned over several seeds, and compared three ways: a table, a Pareto plot
-of top-1 against MACs, and the overlap (Jaccard index) of the channels the methods keep.
+of the task's headline figure (top-1, or max F-measure for saliency) against MACs, and the
+overlap (Jaccard index) of the channels the methods keep.
 """
 from __future__ import annotations
 
@@ -20,39 +21,48 @@ from . import FmpruneError
 from .io import atomic_path, atomic_write_text, read_json
 from .models import spec_of
 from .plan import is_target, target_knob, target_reduction
+from .tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
 METHOD_ORDER = ("hrank", "cfdp", "dct", "cdp", "rgd", "fpfmc", "l1", "random")
 EQUAL, NATIVE = "equal widths", "native"
 SERIES_ORDER = (EQUAL, NATIVE)
-# acc.json key -> column; each is averaged over seeds and shown as mean ± std
-ACCURACIES = {"top1": "top1", "top1_best": "top1_best", "top1_flagged": "top1_flagged",
-              "top1_before_finetune": "before_ft", "top1_before_finetune_bn": "before_ft_bn"}
-SPEEDS = ("latency_ms_b1", "throughput_ips")  # medians over seeds
+# The task's figures (Task.compared: acc.json key -> column) are averaged over seeds and shown
+# as mean ± std; speeds are medians over seeds.
+SPEEDS = ("latency_ms_b1", "throughput_ips")
 OPTIONAL = ("top1_flagged", "before_ft_bn", "latency_ms_b1", "throughput_ips", "knob")
-COLUMNS = ["series", "target_pct", "method", "seeds", "macs_m", "macs_red_pct", "params_m", "params_red_pct",
-           *(f"{col}_{stat}" for col in ACCURACIES.values() for stat in ("mean", "std")), *SPEEDS, "knob"]
 TABLE_LEGEND = (
-    "before_ft = top-1 of the pruned model before fine-tuning; before_ft_bn = the same after "
-    "re-estimating BN statistics on training images; top-1 columns are mean ± std over seeds, "
+    "before_ft = {what} of the pruned model before fine-tuning; before_ft_bn = the same after "
+    "re-estimating BN statistics on training images; {what} columns are mean ± std over seeds, "
     "latency and throughput medians; equal widths = all methods pruned to the same widths by one "
     "scale factor over a shared rate-list shape; native = the method's own knob bisected to the target.")
+
+
+def columns(task: Task) -> list[str]:
+    return ["series", "target_pct", "method", "seeds", "macs_m", "macs_red_pct", "params_m", "params_red_pct",
+            *(f"{col}_{stat}" for col in task.compared.values() for stat in ("mean", "std")), *SPEEDS, "knob"]
+
+
+def task_of(report: dict) -> Task:
+    """The task a report (acc.json) belongs to; reports written before tasks are classification."""
+    return TASKS[report.get("task", "classification")]
 
 
 def compare(acc_files: list[Path], plan_files: list[Path], baseline_file: Path, out_dir: Path) -> pd.DataFrame:
     """Write table.csv/.md, pareto.png and jaccard.csv/.md/.png to ``out_dir``; return the table."""
     baseline = _read(baseline_file)
+    task = task_of(baseline)
     plans = {(p["method"], p["plan"]): p for p in map(_read, plan_files)}
-    runs = _runs(acc_files, baseline["macs"])
+    runs = _runs(acc_files, baseline["macs"], task)
     if runs.empty:
         raise FmpruneError(f"no comparison runs among {len(acc_files)} acc.json file(s): "
                            "none has a plan with target_reduction or target_macs")
-    table = _table(runs, plans, baseline)
+    table = _table(runs, plans, baseline, task)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))
-    atomic_write_text(out_dir / "table.md", _table_markdown(table))
-    _save(_pareto_figure(table, baseline), out_dir / "pareto.png")
+    atomic_write_text(out_dir / "table.md", _table_markdown(table, task))
+    _save(_pareto_figure(table, baseline, task), out_dir / "pareto.png")
     overlap = jaccard(plans.values(), baseline)
     atomic_write_text(out_dir / "jaccard.csv", overlap.to_csv(index=False))
     atomic_write_text(out_dir / "jaccard.md", _jaccard_markdown(overlap))
@@ -88,7 +98,7 @@ def method_rank(method: str) -> tuple[int, str]:
 # The table
 
 
-def _runs(acc_files: list[Path], baseline_macs: int) -> pd.DataFrame:
+def _runs(acc_files: list[Path], baseline_macs: int, task: Task) -> pd.DataFrame:
     """One row per comparison run (method, plan, seed), with its series and target."""
     rows = []
     for path in acc_files:
@@ -99,28 +109,28 @@ def _runs(acc_files: list[Path], baseline_macs: int) -> pd.DataFrame:
         rows.append({"series": series_of(acc["method"], definition), "target_pct": target_pct(definition, baseline_macs),
                      "method": acc["method"], "plan": acc["plan"], "seed": acc.get("seed"),
                      "macs": acc["macs"], "params": acc["params"],
-                     **{col: acc.get(key) for key, col in ACCURACIES.items()},
+                     **{col: acc.get(key) for key, col in task.compared.items()},
                      **{key: acc.get(key) for key in SPEEDS}})
     return pd.DataFrame(rows)
 
 
-def _table(runs: pd.DataFrame, plans: dict, baseline: dict) -> pd.DataFrame:
+def _table(runs: pd.DataFrame, plans: dict, baseline: dict, task: Task) -> pd.DataFrame:
     """Baseline row, then one row per (series, target, method): numeric means and stds."""
-    rows = [_baseline_row(baseline)]
+    rows = [_baseline_row(baseline, task)]
     for (series, target, method), g in runs.groupby(["series", "target_pct", "method"]):
         if g["plan"].nunique() > 1:
             raise FmpruneError(f"plans {' and '.join(sorted(g['plan'].unique()))} of {method} both aim at "
                                f"{target:g}% MAC reduction ({series}); keep one of them")
         row = {"series": series, "target_pct": target, "method": method, "seeds": len(g),
                **_cost(g["macs"].mean(), g["params"].mean(), baseline)}
-        for col in ACCURACIES.values():
-            row.update(_mean_std(col, g[col]))
+        for col in task.compared.values():
+            row.update(_mean_std(col, g[col], task.digits))
         for col in SPEEDS:
             row[col] = _round(g[col].median())
         row["knob"] = _knob(plans.get((method, g["plan"].iloc[0])))
         rows.append(row)
-    table = pd.DataFrame(rows, columns=COLUMNS).astype({"seeds": "Int64"})
-    table = pd.concat([table.iloc[:1], _sorted(table.iloc[1:])], ignore_index=True)
+    table = pd.DataFrame(rows, columns=columns(task)).astype({"seeds": "Int64"})
+    table = pd.concat([table.iloc[:1], _sorted(table.iloc[1:], f"{task.compared[task.headline]}_mean")], ignore_index=True)
     return _drop_absent(table)
 
 
@@ -130,11 +140,12 @@ def _drop_absent(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=absent + [c.replace("_mean", "_std") for c in absent if c.endswith("_mean")])
 
 
-def _baseline_row(baseline: dict) -> dict:
+def _baseline_row(baseline: dict, task: Task) -> dict:
     row = {"series": "", "target_pct": None, "method": "baseline", "seeds": None,
            **_cost(baseline["macs"], baseline["params"], baseline)}
-    for key in ("top1", "top1_flagged"):
-        row.update(_mean_std(key, pd.Series([baseline.get(key)], dtype=float)))
+    for key, col in task.compared.items():
+        if key in task.metrics:  # the baseline has no before/best figures
+            row.update(_mean_std(col, pd.Series([baseline.get(key)], dtype=float), task.digits))
     for key in SPEEDS:
         row[key] = _round(baseline.get(key))
     return row
@@ -145,14 +156,14 @@ def _cost(macs: float, params: float, baseline: dict) -> dict:
             "params_m": round(params / 1e6, 3), "params_red_pct": round(100 * (1 - params / baseline["params"]), 2)}
 
 
-def _mean_std(col: str, values: pd.Series) -> dict:
+def _mean_std(col: str, values: pd.Series, digits: int = 2) -> dict:
     values = values.dropna().astype(float)
     std = values.std(ddof=1) if len(values) > 1 else None
-    return {f"{col}_mean": _round(values.mean() if len(values) else None), f"{col}_std": _round(std)}
+    return {f"{col}_mean": _round(values.mean() if len(values) else None, digits), f"{col}_std": _round(std, digits)}
 
 
-def _round(value) -> float | None:
-    return None if value is None or pd.isna(value) else round(float(value), 2)
+def _round(value, digits: int = 2) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), digits)
 
 
 def _knob(plan: dict | None) -> str | None:
@@ -161,20 +172,20 @@ def _knob(plan: dict | None) -> str | None:
     return f"{plan['knob']}={plan['knob_value']:.3g}"
 
 
-def _sorted(rows: pd.DataFrame) -> pd.DataFrame:
-    """Equal widths before native, then by target, then best top-1 first."""
-    key = rows.assign(_series=rows["series"].map(SERIES_ORDER.index), _top1=-rows["top1_mean"].fillna(-np.inf))
-    return key.sort_values(["_series", "target_pct", "_top1"], kind="stable").drop(columns=["_series", "_top1"])
+def _sorted(rows: pd.DataFrame, headline: str) -> pd.DataFrame:
+    """Equal widths before native, then by target, then the best ``headline`` (a mean column) first."""
+    key = rows.assign(_series=rows["series"].map(SERIES_ORDER.index), _best=-rows[headline].fillna(-np.inf))
+    return key.sort_values(["_series", "target_pct", "_best"], kind="stable").drop(columns=["_series", "_best"])
 
 
-def _table_markdown(table: pd.DataFrame) -> str:
+def _table_markdown(table: pd.DataFrame, task: Task) -> str:
     """Means and stds merged into "mean ± std"; empty cells for missing values."""
     shown = pd.DataFrame(index=table.index)
     for col in table:
         if col.endswith("_std"):
             continue
         if col.endswith("_mean"):
-            shown[col.removesuffix("_mean")] = [_pm(m, s) for m, s in zip(table[col], table[col[:-5] + "_std"])]
+            shown[col.removesuffix("_mean")] = [_pm(m, s, task.digits) for m, s in zip(table[col], table[col[:-5] + "_std"])]
         elif col == "target_pct":
             shown[col] = table[col].map(lambda v: "" if pd.isna(v) else f"{v:g}")
         elif col == "seeds":
@@ -183,13 +194,14 @@ def _table_markdown(table: pd.DataFrame) -> str:
             digits = 3 if col == "params_m" else 2
             shown[col] = table[col].map(lambda v: "" if v is None or pd.isna(v) else v if isinstance(v, str) else f"{v:.{digits}f}")
     align = ["left" if col in ("series", "method", "knob") else "right" for col in shown]
-    return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n\n" + TABLE_LEGEND + "\n"
+    legend = TABLE_LEGEND.format(what=task.headline_label.removesuffix(" (%)"))
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n\n" + legend + "\n"
 
 
-def _pm(mean, std) -> str:
+def _pm(mean, std, digits: int = 2) -> str:
     if pd.isna(mean):
         return ""
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,13 +213,17 @@ def _method_colors(methods) -> dict[str, tuple]:
     return {m: palette[i % len(palette)] for i, m in enumerate(sorted(methods, key=method_rank))}
 
 
-def _pareto_figure(table: pd.DataFrame, baseline: dict) -> Figure:
-    """(a) top-1 after fine-tuning and (b) before it, against MACs; one line per (method, series)."""
+def _pareto_figure(table: pd.DataFrame, baseline: dict, task: Task) -> Figure:
+    """(a) the task's headline figure after fine-tuning and (b) before it, against MACs; one line
+    per (method, series)."""
     runs = table[table["method"] != "baseline"]
     before = "before_ft_bn" if "before_ft_bn_mean" in runs and runs["before_ft_bn_mean"].notna().all() else "before_ft"
-    panels = [("top1", "(a) after fine-tuning", "top-1 after fine-tuning (%)"),
+    name, _, unit = task.headline_label.partition(" (")
+    unit = f" ({unit}" if unit else ""
+    panels = [(task.compared[task.headline], "(a) after fine-tuning", f"{name} after fine-tuning{unit}"),
               (before, "(b) before fine-tuning",
-               "top-1 before fine-tuning, BN re-estimated (%)" if before == "before_ft_bn" else "top-1 before fine-tuning (%)")]
+               f"{name} before fine-tuning, BN re-estimated{unit}" if before == "before_ft_bn"
+               else f"{name} before fine-tuning{unit}")]
     colors = _method_colors(runs["method"].unique())
     fig = Figure(figsize=(12, 5.2), dpi=150, layout="constrained")
     for ax, (col, title, ylabel) in zip(fig.subplots(1, 2), panels):
@@ -219,8 +235,8 @@ def _pareto_figure(table: pd.DataFrame, baseline: dict) -> Figure:
                         color=colors[method], capsize=3,
                         linestyle="--" if native else "-", marker="o", markersize=6,
                         markerfacecolor="white" if native else colors[method])
-        ax.axhline(baseline["top1"], color="black", linestyle=":", linewidth=1)
-        ax.plot(baseline["macs"] / 1e6, baseline["top1"], marker="*", color="black", markersize=14, linestyle="")
+        ax.axhline(baseline[task.headline], color="black", linestyle=":", linewidth=1)
+        ax.plot(baseline["macs"] / 1e6, baseline[task.headline], marker="*", color="black", markersize=14, linestyle="")
         ax.set(title=title, xlabel="MACs (M)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
@@ -228,7 +244,7 @@ def _pareto_figure(table: pd.DataFrame, baseline: dict) -> Figure:
                 Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="--", label=NATIVE),
                 Line2D([], [], color="black", marker="*", markersize=12, linestyle=":", label="baseline")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), frameon=False)
-    fig.suptitle(f"{baseline['model']}: top-1 against MACs at equal cost (mean ± std over seeds)")
+    fig.suptitle(f"{baseline['model']}: {name} against MACs at equal cost (mean ± std over seeds)")
     return fig
 
 

@@ -6,6 +6,7 @@ Every problem becomes one line naming the config key, e.g.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -117,10 +118,14 @@ def _expand_compare(name: str, model: dict, cfg: dict) -> None:
 def _check_references(cfg: dict, strict: bool = True) -> None:
     from .methods import METHODS, ParamError, check_params
     from .models import ARCHS
+    from .tasks import of_model
 
     for name, ds in cfg["datasets"].items():
-        if ds["kind"] in ("cifar10", "imagefolder") and "root" not in ds:
+        if ds["kind"] in ("cifar10", "imagefolder", "saliency") and "root" not in ds:
             raise ConfigError(f"config error at datasets.{name}: kind {ds['kind']} needs a root folder")
+        if ds.get("crop", 0) > ds["resolution"]:
+            raise ConfigError(f"config error at datasets.{name}.crop: the crop {ds['crop']} exceeds the resolution "
+                              f"{ds['resolution']}")
     for method in cfg["methods"]:
         if method not in METHODS:
             raise ConfigError(f"config error at methods: unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -140,6 +145,11 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
             raise ConfigError(f"config error at {where}.dataset: no dataset named {model['dataset']!r} under datasets")
         if model["default_plan"] not in model["plans"]:
             raise ConfigError(f"config error at {where}.default_plan: {model['default_plan']!r} is not one of its plans")
+        task = of_model(cfg, name).name
+        if (task != "classification" and "cdp" in model_methods(cfg, name)
+                and cfg["method_params"].get("cdp", {}).get("documents") == "class"):
+            raise ConfigError(f"config error at method_params.cdp.documents: class documents need class labels, "
+                              f"and model {name} is a {task} model (use documents: image)")
         for method in model.get("methods", []):
             if method not in METHODS:
                 raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -201,7 +211,7 @@ def _check_plans(where: str, model: dict, methods: list[str]) -> None:
 
 
 def load(paths: list[str | Path], strict: bool = True) -> dict:
-    """Merge YAML files key by key, later ones winning (as Snakemake merges its --configfile
+    """Merge YAML (or JSON) files key by key, later ones winning (as Snakemake merges its --configfile
     files), and validate (see :func:`validate`)."""
     merged: dict = {}
     for p in paths:
@@ -209,7 +219,10 @@ def load(paths: list[str | Path], strict: bool = True) -> dict:
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text())
+            # JSON (the jobs' resolved config) as JSON: YAML 1.1 reads json.dumps's 1e-08 as a string
+            data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid JSON: {exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if data is None:  # an empty file

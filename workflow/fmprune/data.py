@@ -1,4 +1,5 @@
-"""Datasets: the embedded default (scikit-learn's digits), CIFAR-10 and ImageFolder trees.
+"""Datasets: the embedded default (scikit-learn's digits), CIFAR-10, ImageFolder trees, and
+saliency sets (DUTS-style image–mask folders, the embedded synthetic set).
 
 Small-image datasets (the digits, CIFAR-10, a CIFAR-sized ImageFolder) live in memory as
 uint8 tensors; normalisation and the standard crop+flip augmentation run on whole batches.
@@ -21,6 +22,7 @@ import torch
 
 from . import FmpruneError
 from .io import atomic_path, cache_dir, check_sha256, describe, remove_stale, user_path, writer_tag
+from .tasks import CLASSIFICATION, Task, of_dataset
 
 @dataclass
 class Normalization:
@@ -128,13 +130,101 @@ class FolderSplit:
             raise FmpruneError(str(exc).strip().splitlines()[-1].rpartition("UnreadableImage: ")[2]) from None
 
 
+class SaliencySplit:
+    """Image–mask pairs with U²-Net's preprocessing.
+
+    ``batches`` yields images resized to ``resolution`` and divided by their maximum (training:
+    then a random ``crop`` and a horizontal flip) with their masks resized and cropped alike, as
+    float targets [N, 1, h, w] in [0, 1] (divided by the mask's maximum). :meth:`mask` gives a
+    mask at its original size: evaluation resizes predictions back to it.
+    """
+
+    flags = None
+
+    def __init__(self, pairs, resolution: int, crop: int):
+        self.pairs = pairs  # _MemoryPairs or _FolderPairs: image(i), mask(i), len()
+        self.resolution, self.crop = resolution, crop
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def mask(self, i: int) -> np.ndarray:
+        return self.pairs.mask(i)
+
+    def _resized(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (self.resolution, self.resolution)
+        image = torch.tensor(self.pairs.image(i), dtype=torch.float32)[None]
+        mask = torch.tensor(self.pairs.mask(i), dtype=torch.float32)[None, None]
+        if image.shape[2:] != size:
+            image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
+            mask = torch.nn.functional.interpolate(mask, size=size, mode="bilinear", antialias=True)
+        return image[0] / image.max().clamp_min(1e-6), mask[0] / mask.max().clamp_min(1e-6)
+
+    def batches(self, indices, batch_size: int, norm: Normalization, augment: bool = False,
+                generator: torch.Generator | None = None, device="cpu", shard: tuple[int, int] | None = None):
+        """As :meth:`TensorSplit.batches`, with masks for labels (crop and flip drawn per batch)."""
+        indices = [int(i) for i in indices]
+        side = self.crop if augment else self.resolution
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            if augment:
+                offsets = torch.randint(0, self.resolution - self.crop + 1, (len(idx), 2), generator=generator)
+                flips = torch.rand(len(idx), generator=generator) < 0.5
+            part = range(len(idx))[slice(None) if shard is None else shard_slice(len(idx), *shard)]
+            if not part:
+                continue
+            x, y = torch.empty(len(part), 3, side, side), torch.empty(len(part), 1, side, side)
+            for row, k in enumerate(part):
+                image, mask = self._resized(idx[k])
+                if augment:
+                    top, left = offsets[k].tolist()
+                    image, mask = image[:, top : top + side, left : left + side], mask[:, top : top + side, left : left + side]
+                    if flips[k]:
+                        image, mask = image.flip(2), mask.flip(2)
+                x[row], y[row] = image, mask
+            yield norm.apply(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+
+
+class _MemoryPairs:
+    """Pairs held in memory: images uint8 [N, 3, H, W], masks uint8 [N, H, W]."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray):
+        self.images, self.masks = images, masks
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def mask(self, i: int) -> np.ndarray:
+        return self.masks[i]
+
+
+class _FolderPairs:
+    """Image and mask files, decoded when read (RGB image, greyscale mask)."""
+
+    def __init__(self, images: list[Path], masks: list[Path]):
+        self.images, self.masks = images, masks
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def image(self, i: int) -> np.ndarray:
+        return np.asarray(_load_rgb(str(self.images[i]))).transpose(2, 0, 1)
+
+    def mask(self, i: int) -> np.ndarray:
+        return np.asarray(_load_image(str(self.masks[i]), "L"))
+
+
 @dataclass
 class Data:
     name: str
-    train: TensorSplit | FolderSplit
-    test: TensorSplit | FolderSplit
-    num_classes: int
+    train: TensorSplit | FolderSplit | SaliencySplit
+    test: TensorSplit | FolderSplit | SaliencySplit
+    num_classes: int  # output maps for a saliency set
     norm: Normalization
+    task: Task = CLASSIFICATION  # loss, metrics and report columns (see .tasks)
 
 
 def load(name: str, cfg: dict) -> Data:
@@ -146,6 +236,8 @@ def load(name: str, cfg: dict) -> Data:
         train, test, classes = _cifar10(cfg)
     elif kind == "imagefolder":
         train, test, classes = _imagefolder(cfg)
+    elif kind in ("saliency", "synthetic-saliency"):
+        train, test, classes = _saliency(cfg)
     else:  # the schema's enum makes this unreachable from a validated config
         raise FmpruneError(f"datasets.{name}.kind: unknown kind {kind!r}")
     if cfg.get("test_flagged_only"):
@@ -154,7 +246,72 @@ def load(name: str, cfg: dict) -> Data:
         keep = torch.from_numpy(np.flatnonzero(test.flags))
         test = TensorSplit(test.images[keep], test.labels[keep], test.flags[keep.numpy()])
     norm = Normalization(tuple(cfg["normalize"]["mean"]), tuple(cfg["normalize"]["std"]))
-    return Data(name, train, test, classes, norm)
+    return Data(name, train, test, classes, norm, of_dataset(cfg))
+
+
+def saliency_crop(cfg: dict) -> int:
+    """The training crop of a saliency set: ``crop``, else U²-Net's 288 of 320 (0.9 × resolution)."""
+    return cfg.get("crop") or round(0.9 * cfg["resolution"])
+
+
+def _saliency(cfg: dict):
+    """A saliency set: the embedded synthetic pairs, or a DUTS-style folder of image–mask pairs."""
+    if cfg["kind"] == "synthetic-saliency":
+        from .synthetic_saliency import generate
+
+        images, masks = generate(cfg.get("count", 300), cfg.get("size", 64), cfg.get("seed", 0))
+        order = np.random.default_rng(cfg["split_seed"]).permutation(len(masks))
+        n_test = int(round(len(masks) * cfg["test_fraction"]))
+        parts = [_MemoryPairs(images[ix], masks[ix]) for ix in (np.sort(order[n_test:]), np.sort(order[:n_test]))]
+    else:
+        root = user_path(cfg["root"])
+        parts = [_FolderPairs(*saliency_pairs(root / f"DUTS-{s}" / f"DUTS-{s}-Image", root / f"DUTS-{s}" / f"DUTS-{s}-Mask"))
+                 for s in ("TR", "TE")]
+    crop = saliency_crop(cfg)
+    return SaliencySplit(parts[0], cfg["resolution"], crop), SaliencySplit(parts[1], cfg["resolution"], crop), 1
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def saliency_pairs(image_dir: Path, mask_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Image and mask files matched by file stem, in stem order. Every image needs a mask and
+    every mask an image, both readable and of the same size; else one line naming the file."""
+    from PIL import Image
+
+    found = []
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise FmpruneError(f"saliency folder {folder} does not exist")
+        files = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                if p.stem in files:
+                    raise FmpruneError(f"{p} and {files[p.stem]} share the stem {p.stem!r}: pairs are matched by stem")
+                files[p.stem] = p
+        found.append(files)
+    images, masks = found
+    if not images:
+        raise FmpruneError(f"saliency folder {image_dir} holds no images")
+    for stem, path in images.items():
+        if stem not in masks:
+            raise FmpruneError(f"image {path} has no mask {mask_dir / stem}.* (pairs are matched by file stem)")
+    for stem, path in masks.items():
+        if stem not in images:
+            raise FmpruneError(f"mask {path} has no image {image_dir / stem}.* (pairs are matched by file stem)")
+    stems = sorted(images)
+    for stem in stems:
+        sizes = []
+        for path in (images[stem], masks[stem]):
+            try:
+                with Image.open(path) as im:
+                    sizes.append(im.size)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise FmpruneError(f"image {path} does not decode ({describe(exc)})") from None
+        if sizes[0] != sizes[1]:
+            raise FmpruneError(f"mask {masks[stem]} is {sizes[1][0]}×{sizes[1][1]} but its image {images[stem]} is "
+                               f"{sizes[0][0]}×{sizes[0][1]}")
+    return [images[s] for s in stems], [masks[s] for s in stems]
 
 
 def _digits(cfg: dict):
@@ -294,11 +451,16 @@ class UnreadableImage(FmpruneError):
 
 def _load_rgb(path: str):
     """torchvision's default loader (PIL, RGB), with a one-line error naming a file that fails."""
+    return _load_image(path, "RGB")
+
+
+def _load_image(path: str, mode: str):
+    """An image decoded by PIL and converted to ``mode``; a file that fails is one line naming it."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return im.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"image {path} does not decode ({describe(exc)})") from None
 

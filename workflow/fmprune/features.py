@@ -2,7 +2,7 @@
 
 Layout: ``taps/<module name>`` float32 (or float16) [N, C, H, W], chunked one channel at a
 time (each chunk Fletcher-32 checksummed) so a scorer can stream images or channels with
-bounded memory; ``sample_indices`` and ``sample_labels`` [N]; attributes ``arch``, ``model``,
+bounded memory; ``sample_indices`` and (classification) ``sample_labels`` [N]; attributes ``arch``, ``model``,
 ``model_sha256``, ``dataset``, ``sample_sha256`` (hash of the indices), ``seed`` and
 ``tap_kinds`` (JSON: module -> kind).
 """
@@ -50,7 +50,8 @@ def taps_for(spec: ArchSpec, kinds: set[str]) -> dict[str, str]:
 @torch.no_grad()
 def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str], out: str | Path,
             attrs: dict, dtype: str = "float32") -> None:
-    """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing every tap."""
+    """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing every tap,
+    and the labels when ``y`` holds one class per image (a saliency set's masks are not stored)."""
     n_images = len(indices)
     model.eval()
     modules = dict(model.named_modules())
@@ -72,6 +73,7 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
             h5["sample_indices"] = np.asarray(indices, dtype=np.int64)
             group = h5.create_group("taps")
             labels = np.empty(n_images, dtype=np.int64)
+            has_labels = True
             pos = 0
             for x, y in tqdm(batches, desc="extracting", total=None, mininterval=5, leave=False):
                 captured.clear()
@@ -86,11 +88,14 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
                             chunks=(min(n_images, 256), 1, h, w), fletcher32=True,  # corrupt bytes fail to read
                         )
                     group[name][pos : pos + b] = fmap.detach().cpu().numpy().astype(np_dtype, copy=False)
-                labels[pos : pos + b] = y.cpu().numpy()
+                has_labels = has_labels and y.ndim == 1
+                if has_labels:
+                    labels[pos : pos + b] = y.cpu().numpy()
                 pos += b
             if pos != n_images:
                 raise FmpruneError(f"extraction saw {pos} images, expected {n_images}")
-            h5["sample_labels"] = labels
+            if has_labels:
+                h5["sample_labels"] = labels
     finally:
         for h in handles:
             h.remove()

@@ -19,10 +19,10 @@ from .latency import measure as measure_latency
 from .io import (atomic_path, atomic_write_json, check_sha256, describe, download, load_torch, read_json, sha256_file,
                  sha256_json, user_path)
 from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
-from .models import ArchSpec, build, input_size, spec_of
+from .models import ArchSpec, build, spec_of
 from .plan import plan_kept
 from .surgery import load_pruned, prune_, save_pruned
-from .train import evaluate, fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
+from .train import fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
 
 log = logging.getLogger("fmprune")
 
@@ -83,29 +83,36 @@ def baseline(cfg: dict, model: str, out: Path, workdir: Path) -> None:
 
 
 def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path, bn_reestimation: bool = False) -> dict:
-    """Accuracy and cost of a saved model (baseline or pruned, before fine-tuning).
+    """The task's metrics (classification: top-1) and the cost of a saved model (baseline or
+    pruned, before fine-tuning).
 
-    With ``bn_reestimation`` (pruned models) also the accuracy after re-estimating BN statistics
-    (``top1_bn``): removing channels shifts the statistics every later BN sees, and the plain figure
-    mixes that shift with what the criterion removed.
+    With ``bn_reestimation`` (pruned models) also the metrics after re-estimating BN statistics
+    (``top1_bn``, ``maxf_bn``, …): removing channels shifts the statistics every later BN sees, and
+    the plain figure mixes that shift with what the criterion removed.
     """
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(model_file)
-    result = {"model": model, "arch": m["arch"], **count(net, m["arch"])}
+    result = {"model": model, "arch": m["arch"], "task": data.task.name, **count(net, m["arch"])}
     device = resolve_device(cfg["device"])
     batch = cfg["evaluation"]["batch_size"]
-    result.update(evaluate(net, data.test, data.norm, device, batch_size=batch))
+    result.update(data.task.evaluate(net, data.test, data.norm, device, batch_size=batch))
     if bn_reestimation and cfg["evaluation"]["bn_images"]:
         result.update(_after_bn_reestimation(cfg["evaluation"], net, data, device))
-    result.update(measure_latency(net, input_size(m["arch"]), device))
+    result.update(measure_latency(net, _eval_size(cfg, model, data), device))
     result["model_sha256"] = sha256_file(model_file)
     atomic_write_json(out, result)
     return result
 
 
+def _eval_size(cfg: dict, model: str, data: datalib.Data) -> int:
+    """Side of the input a model is evaluated on, and its latency measured on."""
+    m = cfg["models"][model]
+    return data.task.eval_size(m["arch"], cfg["datasets"][m["dataset"]])
+
+
 def _after_bn_reestimation(ev: dict, net: torch.nn.Module, data: datalib.Data, device: torch.device) -> dict:
-    """Accuracy of a copy whose BN running statistics are re-estimated on seeded training images.
+    """The task's metrics of a copy whose BN running statistics are re-estimated on seeded training images.
 
     torch's ``update_bn`` resets the statistics and averages them over the batches (momentum
     None). Images come unaugmented in seeded random order: batches of one class would bias the
@@ -117,9 +124,8 @@ def _after_bn_reestimation(ev: dict, net: torch.nn.Module, data: datalib.Data, d
     order = np.random.default_rng(ev["bn_seed"]).choice(len(data.train), n, replace=False)
     net = copy.deepcopy(net).to(device)
     update_bn(data.train.batches(order, ev["batch_size"], data.norm, device=device), net, device)
-    after = evaluate(net, data.test, data.norm, device, batch_size=ev["batch_size"])
-    keys = ("top1", "top5", "top1_flagged")
-    return {f"{k}_bn": after[k] for k in keys if k in after} | {"bn_images": n}
+    after = data.task.evaluate(net, data.test, data.norm, device, batch_size=ev["batch_size"])
+    return {f"{k}_bn": after[k] for k in data.task.metrics if k in after} | {"bn_images": n}
 
 
 def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None:
@@ -323,7 +329,8 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     data = _dataset(cfg, model)
     net = load_pruned(pruned_file)
     # every input is read before fine-tuning: a damaged one fails in seconds, not after the epochs
-    pruned = _read_report(pruned_report, ("top1", "top5", "params", "macs", "macs_thop", "flops"))
+    task = data.task
+    pruned = _read_report(pruned_report, (task.headline, "params", "macs", "macs_thop", "flops"))
     base = _read_report(baseline_report, ("params", "macs"))
     sample = None
     if features is not None:
@@ -336,21 +343,22 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     if not is_main_process():  # under torchrun, rank 0 writes the outputs
         teardown_distributed()
         return
-    if summary["epochs_run"] == 0:
-        summary.update({"top1": pruned["top1"], "top5": pruned["top5"], "top1_best": pruned["top1"], "best_epoch": 0})
+    if summary["epochs_run"] == 0:  # the pruned model's figures
+        summary.update({k: pruned[k] for k in task.metrics if k in pruned}, best_epoch=0)
+        summary.update({f"{k}_best": pruned[k] for k in task.best if k in pruned})
     meta = dict(net.meta)
     save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
                 **{k: v for k, v in meta.items() if k != "kept"})
-    speed = measure_latency(net, input_size(m["arch"]), device)  # on the device it was fine-tuned on
+    speed = measure_latency(net, _eval_size(cfg, model, data), device)  # on the device it was fine-tuned on
     acc = {
-        "model": model, "arch": m["arch"], "method": method, "plan": plan, "plan_definition": m["plans"][plan],
+        "model": model, "arch": m["arch"], "task": task.name, "method": method, "plan": plan,
+        "plan_definition": m["plans"][plan],
         "seed": seed, "epochs": recipe["epochs"], "recipe": recipe_name, **summary, **speed,
-        "top1_before_finetune": pruned["top1"],
-        **({"top1_before_finetune_bn": pruned["top1_bn"]} if "top1_bn" in pruned else {}),
+        **{f"{k}_before_finetune{bn}": pruned[f"{k}{bn}"] for k in task.before for bn in ("", "_bn")
+           if f"{k}{bn}" in pruned},
         "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
-        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", "top1", "top5",
-                                          "latency_ms_b1", "throughput_ips", "latency_device") if k in base}
-        | ({"top1_flagged": base["top1_flagged"]} if "top1_flagged" in base else {}),
+        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", *task.metrics,
+                                          "latency_ms_b1", "throughput_ips", "latency_device") if k in base},
         "params_reduction_pct": 100.0 * (1 - pruned["params"] / base["params"]),
         "macs_reduction_pct": 100.0 * (1 - pruned["macs"] / base["macs"]),
         "provenance": provenance(cfg, model, method, plan, sample),

@@ -63,6 +63,14 @@ class SaliencyMetrics:
     def __len__(self) -> int:
         return len(self._scalars["mae"])
 
+    def extend(self, other: "SaliencyMetrics") -> None:
+        """Add the images ``other`` accumulated (e.g. another process's part of a test set)."""
+        self._precision += other._precision
+        self._recall += other._recall
+        self._em += other._em
+        for key, values in other._scalars.items():
+            self._scalars[key] += values
+
     def results(self) -> dict[str, float]:
         if not len(self):
             raise FmpruneError("no images were evaluated")

@@ -9,28 +9,33 @@ import pandas as pd
 from . import paths
 from .config import model_methods, plan_seeds
 from .io import atomic_write_text, read_json
+from .tasks import TASKS, of_model
 
-COLUMNS = ["model", "method", "plan", "seeds", "top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged",
+# each task's metric columns (classification's top-1 columns, saliency's maxF / MAE / …) and
+# the decimals they are shown with; a table keeps the columns some row has
+METRIC_DIGITS = {col: task.digits for task in TASKS.values() for col in task.columns}
+COLUMNS = ["model", "method", "plan", "seeds", *METRIC_DIGITS,
            "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
            "latency_ms_b1", "throughput_ips"]
 
 
 def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
-    """One row per baseline and per (model, method, plan); accuracy as mean ± std over seeds."""
+    """One row per baseline and per (model, method, plan); the task's metrics as mean ± std over seeds."""
     rows = []
     for path in baseline_files:
         b = read_json(path, "baseline report")
-        rows.append({"model": b["model"], "method": "baseline", "plan": "", "seeds": "", "top1": round(b["top1"], 2),
-                     "top1_flagged": round(b["top1_flagged"], 2) if "top1_flagged" in b else None, "params": b["params"], "params_reduction_pct": 0.0,
+        rows.append({"model": b["model"], "method": "baseline", "plan": "", "seeds": "",
+                     **{col: round(b[col], digits) for col, digits in METRIC_DIGITS.items() if col in b},
+                     "params": b["params"], "params_reduction_pct": 0.0,
                      "macs": b["macs"], "macs_reduction_pct": 0.0, "macs_thop": b["macs_thop"],
                      **_speed(b)})
     runs = pd.DataFrame([read_json(p, "result") for p in acc_files])
     if len(runs):
         for (model, method, plan), g in runs.groupby(["model", "method", "plan"], sort=False):
             row = {"model": model, "method": method, "plan": plan, "seeds": len(g), "epochs": int(g["epochs"].iloc[0])}
-            for col in ("top1", "top1_best", "top1_before_finetune", "top1_before_finetune_bn", "top1_flagged"):
+            for col, digits in METRIC_DIGITS.items():
                 if col in g and g[col].notna().any():
-                    row[col] = _mean_std(g[col].dropna())
+                    row[col] = _mean_std(g[col].dropna(), digits)
             for col in ("params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop"):
                 row[col] = g[col].iloc[0]
             for col in ("latency_ms_b1", "throughput_ips"):  # median over seeds (same architecture)
@@ -44,10 +49,10 @@ def _speed(report: dict) -> dict:
     return {k: round(report[k], 2) for k in ("latency_ms_b1", "throughput_ips") if k in report}
 
 
-def _mean_std(values: pd.Series) -> str | float:
+def _mean_std(values: pd.Series, digits: int = 2) -> str | float:
     if len(values) == 1:
-        return round(float(values.iloc[0]), 2)
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+        return round(float(values.iloc[0]), digits)
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def write(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
@@ -68,11 +73,18 @@ def write(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
 
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "resources" / "paper_results.csv"
 
+# Each task's columns: its published figures (Task.paper_metrics, columns of paper_results.csv,
+# headline first) beside ours, the headline also at the best epoch and as a difference. A table
+# without rows of a task leaves its columns out (without any row: classification's).
+PAPER_TASK_COLUMNS = {
+    name: [f"paper_{task.headline}", task.headline, f"{task.headline}_best", f"d_{task.headline}",
+           *(c for k in task.paper_metrics[1:] for c in (f"paper_{k}", k))]
+    for name, task in TASKS.items()}
 PAPER_COLUMNS = [
     "seed", "arch", "method", "paper_plan", "model", "plan", "status",
     "paper_params_m", "params_m", "d_params_m", "paper_params_red_pct", "params_red_pct",
     "paper_macs_m", "macs_m", "d_macs_m", "paper_macs_red_pct", "macs_red_pct", "macs_convention",
-    "paper_top1", "top1", "top1_best", "d_top1", "paper_top5", "top5", "seeds_done",
+    *(c for cols in PAPER_TASK_COLUMNS.values() for c in cols), "seeds_done",
     "latency_ms_b1", "throughput_ips", "note",
 ]
 NEEDS_RUN = "needs baseline + features"
@@ -80,12 +92,15 @@ _ERROR_MARKS = ("fmprune: error", "Traceback (most recent call last)")
 
 
 def read_paper(path: Path) -> pd.DataFrame:
-    """Published rows; rows without any figure (DCT's u2netp/DUTS) are dropped."""
+    """Published rows. A row without any figure (DCT's u2netp on DUTS) is kept: its status still
+    tells whether ours ran."""
     df = pd.read_csv(path, dtype={"plan": str}, keep_default_na=False)
-    figures = ["params_m", "params_red_pct", "macs_m", "macs_red_pct", "top1", "top5"]
+    figures = ["params_m", "params_red_pct", "macs_m", "macs_red_pct", *(m for t in TASKS.values() for m in t.paper_metrics)]
     for col in figures + ["baseline_top1"]:
+        if col not in df:  # a published-figures file of classification rows only
+            df[col] = ""
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce")
-    return df[df[figures].notna().any(axis=1)].reset_index(drop=True)
+    return df
 
 
 def plan_matches(row, plan_cfg: dict) -> bool:
@@ -216,24 +231,28 @@ def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Pat
     ``macs_convention``); sizes of rate-list rows come from the plan alone (nothing needs to have
     run), those of threshold / MACs-target rows from their plan.json. Accuracy is the mean over
     the config's seeds of the final-epoch (``top1``) and best-epoch (``top1_best``) top-1;
-    ``d_top1`` = top1_best − the paper's (which report the best epoch). Status: done, partial
+    ``d_top1`` = top1_best − the paper's (which report the best epoch); a saliency model's rows
+    have maxF (``maxf``, ``maxf_best``, ``d_maxf``), MAE and S-measure instead. Status: done, partial
     k/n, failed (the first log along the chain with an error, no acc.json), not run, or
     "not in config" when the model has no plan for a published row.
     """
     results = Path(results)
     paper = read_paper(paper_path)
-    rows = []
+    rows, tasks_seen = [], set()
     for row, model, plan in _matches(cfg, paper):
         arch, method = row["arch"], row["method"]
         is_base = method == "baseline"
         conv = macs_convention(row)
         files = _run_files(cfg, results, model, None if is_base else method, plan)
+        task = of_model(cfg, model)
+        metrics = task.paper_metrics
+        tasks_seen.add(task.name)
         out = {"seed": row["seed"], "arch": arch, "method": method,
                "paper_plan": row["plan"] if row["plan_kind"] != "macs" else f"{row['macs_m']:g}M MACs",
                "model": model, "plan": plan or "", "macs_convention": conv, "note": row["note"],
                "paper_params_m": _num(row["params_m"]), "paper_params_red_pct": _num(row["params_red_pct"]),
                "paper_macs_m": _num(row["macs_m"]), "paper_macs_red_pct": _num(row["macs_red_pct"]),
-               "paper_top1": _num(row["top1"]), "paper_top5": _num(row["top5"])}
+               **{f"paper_{k}": _num(row[k]) for k in metrics}}
         if plan == "":
             out["status"] = "not in config"
             rows.append(out)
@@ -253,15 +272,17 @@ def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Pat
         n = 1 if is_base else len(files["acc"])
         if reports:
             frame = pd.DataFrame(reports)
+            head, digits = task.headline, task.digits
 
             def mean(col):
-                return round(float(frame[col].mean()), 2) if col in frame and frame[col].notna().any() else None
+                return round(float(frame[col].mean()), digits) if col in frame and frame[col].notna().any() else None
 
-            out.update(top1=mean("top1"), top1_best=None if is_base else mean("top1_best"),
-                       latency_ms_b1=mean("latency_ms_b1"), throughput_ips=mean("throughput_ips"))
-            if arch in ("resnet50", "resnet18") or out["paper_top5"] is not None:
-                out["top5"] = mean("top5")
-            out["d_top1"] = _diff(out["top1"] if is_base else out["top1_best"], out["paper_top1"])
+            out.update({head: mean(head), f"{head}_best": None if is_base else mean(f"{head}_best"),
+                        "latency_ms_b1": mean("latency_ms_b1"), "throughput_ips": mean("throughput_ips")})
+            for k in metrics[1:]:  # top-5 where ImageNet or the paper reports it; saliency's MAE, S-measure
+                if k != "top5" or arch in ("resnet50", "resnet18") or out["paper_top5"] is not None:
+                    out[k] = mean(k)
+            out[f"d_{head}"] = _diff(out[head] if is_base else out[f"{head}_best"], out[f"paper_{head}"], digits)
         out["seeds_done"] = f"{len(reports)}/{n}"
         failed = _log_error(files["logs"]) if len(reports) < n else None
         if len(reports) == n:
@@ -271,17 +292,19 @@ def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Pat
         else:
             out["status"] = f"failed ({failed})" if failed else "not run"
         rows.append(out)
-    return pd.DataFrame(rows, columns=PAPER_COLUMNS)
+    absent = set(PAPER_TASK_COLUMNS) - (tasks_seen or {"classification"})
+    return pd.DataFrame(rows, columns=[c for c in PAPER_COLUMNS if not any(c in PAPER_TASK_COLUMNS[t] for t in absent)])
 
 
 def write_paper(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     atomic_write_text(csv_path, df.to_csv(index=False))
     optional = ["paper_top5", "top5", "latency_ms_b1", "throughput_ips"]  # shown when some row has them
-    shown = df.drop(columns=["note"] + [c for c in optional if df[c].isna().all()]).rename(columns={"macs_convention": "macs_conv"})
+    shown = df.drop(columns=["note"] + [c for c in optional if c in df and df[c].isna().all()]).rename(columns={"macs_convention": "macs_conv"})
     shown = shown.astype(object).where(shown.notna(), None)
     legend = ("Paper figures beside ours. params_m: millions, BatchNorm included; macs_m: millions, "
               "in the convention of the paper's figure (macs_conv: `macs` = conv + linear, "
               "`macs_seeds` = + 2 per BN element + 1 per conv-bias output, the seeds' older thop); "
-              "d_* = ours − paper; top1 = final epoch, top1_best = best epoch (mean over seeds); "
+              "d_* = ours − paper; top1 = final epoch, top1_best = best epoch (mean over seeds; "
+              "saliency rows: maxf / maxf_best likewise, mae, sm = S-measure); "
               f"sizes of threshold / MACs-target rows read \"{NEEDS_RUN}\" until their plan.json exists.\n\n")
     atomic_write_text(md_path, legend + shown.to_markdown(index=False, missingval="") + "\n")

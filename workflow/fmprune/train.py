@@ -1,4 +1,7 @@
-"""Evaluation and resumable SGD fine-tuning, on one process or several (torch.distributed).
+"""Evaluation and resumable fine-tuning (SGD or Adam), on one process or several (torch.distributed).
+
+The data's task (``Data.task``, see .tasks) gives the loss, the evaluation metrics and the
+figure the best epoch is selected on; classification is the default.
 
 Every epoch ends with an atomic checkpoint (model, optimizer, scheduler, RNG states, history);
 a restarted run continues from it. Batch order and augmentation come from a generator seeded
@@ -39,6 +42,7 @@ from torch import nn
 
 from .data import Data, Normalization, shard_slice
 from .io import atomic_path, atomic_torch_save
+from .tasks import CLASSIFICATION, Task
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later"; the retry resumes from the checkpoint
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -154,6 +158,16 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
+def _optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    """SGD, or Adam (U²-Net's recipe). ``optimizer`` and ``eps`` have no schema defaults, so
+    recipes written before them keep their fingerprints and resumable checkpoints."""
+    if recipe.get("optimizer") == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe["lr"], eps=recipe.get("eps", 1e-8),
+                                weight_decay=recipe["weight_decay"])
+    return torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                           weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"])
+
+
 def _scheduler(optimizer, recipe: dict):
     if recipe["schedule"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, recipe["epochs"]))
@@ -253,13 +267,9 @@ class _Training:
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)  # cuDNN's preferred layout for bf16 convolutions
         self.sync_bn = self._convert_sync_bn()
-        self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-            weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
-        )
+        self.optimizer = _optimizer(model, recipe)
         self.scheduler = _scheduler(self.optimizer, recipe)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-        self.criterion_sum = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"], reduction="sum")
+        self.task = data.task
         self.train_idx, self.val_idx = split_indices(len(data.train), recipe, seed)
         self.history: list[dict] = []
         self.net, self.control = model, None  # see distribute()
@@ -324,12 +334,12 @@ class _Training:
         checkpoint it; raise Preempted when a stop signal came meanwhile."""
         t0 = time.time() - (partial["seconds"] if partial is not None else 0.0)
         lr = self.optimizer.param_groups[0]["lr"]
-        loss_sum, correct, seen = self._train(epoch, partial, stop, t0)
+        loss_sum, figure_sum, seen = self._train(epoch, partial, stop, t0)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}")
         self.scheduler.step()
         row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-               "train_top1": 100.0 * correct / max(seen, 1), **self._evaluate()}
+               self.task.train_metric: figure_sum / max(seen, 1), **self._evaluate()}
         row["seconds"] = time.time() - t0
         self._record(row)
         if epoch < self.recipe["epochs"]:
@@ -337,16 +347,17 @@ class _Training:
             if signum:
                 raise Preempted(signum, f"after epoch {epoch}")
 
-    def _train(self, epoch: int, partial: dict | None, stop: _StopSignal, t0: float) -> tuple[float, int, int]:
-        """One epoch's SGD steps over the (seed, epoch) order; returns the training loss sum,
-        correct predictions and images seen, summed over all processes."""
+    def _train(self, epoch: int, partial: dict | None, stop: _StopSignal, t0: float) -> tuple[float, float, int]:
+        """One epoch's optimizer steps over the (seed, epoch) order; returns the training loss sum,
+        the task's training figure summed over images (top-1 hits × 100 for classification) and
+        images seen, summed over all processes."""
         self.model.train()
         bs, device = self.recipe["batch_size"], self.device
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=gen).numpy()]
         # Accumulated on the device: no host sync per batch.
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)  # the task's training figure
         seen, first = 0, 0
         if partial is not None:  # mid-epoch resume
             first = partial["batch"]
@@ -361,10 +372,10 @@ class _Training:
                                           shard=(self.rank, self.size) if self.size > 1 else None)
         for b in range(first, n_batches):
             x, y, weight = self._next_batch(batches, order, b)
-            batch_loss, logits = self._step(x, y, weight)
+            batch_loss, outputs = self._step(x, y, weight)
             if weight:
                 loss_sum += batch_loss
-                correct += (logits.argmax(1) == y).sum()
+                correct += self.task.train_sum(outputs, y)
                 seen += len(y)
             signum = stop.agreed(self.control)
             if signum:
@@ -373,12 +384,12 @@ class _Training:
         if self.size > 1:
             import torch.distributed as dist
 
-            totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(seen, device=device).double()])
+            totals = torch.stack([loss_sum.double(), correct, torch.tensor(seen, device=device).double()])
             dist.all_reduce(totals)
-            loss_sum, correct, seen = totals[0], totals[1].long(), int(totals[2])
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
             for buf in self.model.buffers():  # BatchNorm running statistics: rank 0's, everywhere
                 dist.broadcast(buf, 0)
-        return float(loss_sum), int(correct), seen
+        return float(loss_sum), float(correct), seen
 
     def _next_batch(self, batches, order: np.ndarray, b: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """This process's part of global batch ``b`` and its loss weight: with several processes
@@ -397,22 +408,23 @@ class _Training:
         return x, y, 0.0
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step; returns the batch's summed loss (detached) and the logits."""
+        """One optimizer step; returns the batch's summed loss (detached) and the model's outputs."""
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        smoothing = self.recipe["label_smoothing"]
         with _autocast(self.device):
-            logits = self.net(x)
+            outputs = self.net(x)
             if self.size == 1:
-                loss = self.criterion(logits, y)
+                loss = self.task.loss(outputs, y, label_smoothing=smoothing)
                 batch_loss = loss.detach() * len(y)
             else:
-                summed = self.criterion_sum(logits, y)
+                summed = self.task.loss(outputs, y, reduction="sum", label_smoothing=smoothing)
                 loss = summed * weight
                 batch_loss = summed.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return batch_loss, logits
+        return batch_loss, outputs
 
     def _checkpoint_mid_epoch(self, epoch: int, batches_done: int, gen: torch.Generator, sums: tuple,
                               t0: float) -> None:
@@ -431,28 +443,28 @@ class _Training:
         _barrier()
 
     def _evaluate(self) -> dict:
-        """Test top-1/top-5 (flagged top-1 if any) and held-out validation top-1 of this epoch."""
-        batch = self.recipe["eval_batch_size"]
-        test = evaluate(self.model, self.data.test, self.data.norm, self.device, batch_size=batch, distributed=True)
-        row = {"test_top1": test["top1"], "test_top5": test["top5"]}
-        if "top1_flagged" in test:
-            row["test_top1_flagged"] = test["top1_flagged"]
+        """The task's test metrics (classification: top-1/top-5, flagged top-1 if any) and the
+        held-out validation headline figure of this epoch."""
+        batch, task = self.recipe["eval_batch_size"], self.task
+        test = task.evaluate(self.model, self.data.test, self.data.norm, self.device, batch_size=batch, distributed=True)
+        row = {f"test_{k}": test[k] for k in task.metrics if k in test}
         if len(self.val_idx):
-            row["val_top1"] = evaluate(self.model, self.data.train, self.data.norm, self.device, self.val_idx, batch,
-                                       distributed=True)["top1"]
+            row[f"val_{task.headline}"] = task.evaluate(self.model, self.data.train, self.data.norm, self.device,
+                                                        self.val_idx, batch, distributed=True)[task.headline]
         return row
 
     def _record(self, row: dict) -> None:
         """Append an epoch to the history; rank 0 keeps the best weights, checkpoints and logs."""
         self.history.append(row)
-        key = "val_top1" if len(self.val_idx) else "test_top1"
+        headline = self.task.headline
+        key = f"val_{headline}" if len(self.val_idx) else f"test_{headline}"
         if self.main:
             if row[key] >= max(r[key] for r in self.history):
                 atomic_torch_save(self.model.state_dict(), self.best_path)
             self.checkpoint(row["epoch"])
             _write_log(self.log_csv, self.history)
-            print(f"epoch {row['epoch']}/{self.recipe['epochs']}: loss {row['train_loss']:.4f} test top-1 "
-                  f"{row['test_top1']:.2f}% ({row['seconds']:.1f}s)", flush=True)
+            print(f"epoch {row['epoch']}/{self.recipe['epochs']}: loss {row['train_loss']:.4f} test "
+                  f"{self.task.headline_label} {row[f'test_{headline}']:.4g} ({row['seconds']:.1f}s)", flush=True)
         _barrier()
 
     def finish(self) -> dict:
@@ -461,7 +473,7 @@ class _Training:
         if self.main:
             _write_log(self.log_csv, self.history)
         _barrier()
-        return summarize(self.history, selection="val" if len(self.val_idx) else "test")
+        return summarize(self.history, selection="val" if len(self.val_idx) else "test", task=self.task)
 
 
 def _revert_sync_bn(module: nn.Module) -> None:
@@ -476,18 +488,17 @@ def _revert_sync_bn(module: nn.Module) -> None:
             _revert_sync_bn(child)
 
 
-def summarize(history: list[dict], selection: str) -> dict:
+def summarize(history: list[dict], selection: str, task: Task = CLASSIFICATION) -> dict:
+    """The final epoch's test metrics, the task's ``best`` metrics at the selected epoch
+    (``<metric>_best``; selected on the headline figure of the test or validation split)."""
     if not history:
         return {"epochs_run": 0}
-    key = "val_top1" if selection == "val" else "test_top1"
+    key = f"{selection}_{task.headline}"
     best = max(history, key=lambda r: (r[key], -r["epoch"]))
-    out = {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"],
-           "top1_best": best["test_top1"], "best_epoch": best["epoch"], "selection": selection,
-           "epochs_run": len(history)}
-    if "test_top1_flagged" in history[-1]:
-        out["top1_flagged"] = history[-1]["test_top1_flagged"]
-        out["top1_flagged_best"] = best["test_top1_flagged"]
-    return out
+    last = history[-1]
+    out = {k: last[f"test_{k}"] for k in task.metrics if f"test_{k}" in last}
+    out |= {f"{k}_best": best[f"test_{k}"] for k in task.best if f"test_{k}" in best}
+    return out | {"best_epoch": best["epoch"], "selection": selection, "epochs_run": len(history)}
 
 
 def _write_log(path: str | Path, history: list[dict]) -> None:

@@ -15,7 +15,8 @@ chunk stays even when its pieces are one group), touches an op the tracer does n
 or no module's own [N, C, H, W] output carries it to tap; ``ChannelGroup.reason`` says which op
 and module. torch.fx was chosen over an autograd-graph walk (Torch-Pruning's) because its nodes
 keep each op's arguments (cat's dim, split sizes, slices) and the module names that specs,
-surgery and feature taps are keyed by.
+surgery and feature taps are keyed by. Python branches on tensor shapes are decided on the
+example input (see ``_LeafTracer.to_bool``); branches on tensor values make a model untraceable.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.utils._pytree import tree_flatten
 
 from .. import FmpruneError
@@ -164,8 +166,36 @@ def _bounds(atoms: _Atoms, layout_atoms) -> list[int]:
 class _LeafTracer(torch.fx.Tracer):
     """torch.nn's modules and every module with a layer rule are leaves (called, not traced into)."""
 
+    def __init__(self, example: torch.Tensor):
+        super().__init__()
+        self.example = example
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return rule_for(m) is not None or super().is_leaf_module(m, qualname)
+
+    def to_bool(self, obj: torch.fx.Proxy) -> bool:
+        """Python control flow on tensor shapes (a U-Net comparing map sizes): decided by running
+        the graph traced so far on the example, so the trace holds for inputs of its size.
+        Control flow on tensor values stays untraceable."""
+        if not _reads_only_shapes(obj.node):
+            return super().to_bool(obj)
+        graph, env = torch.fx.Graph(), {}
+        graph.graph_copy(self.graph, env)
+        graph.output(env[obj.node])
+        # Tracing patches Module.__call__ and __getattr__; torch's own wrapped-function calls lift
+        # the patches the same way while they run real code (torch is pinned, so is this name).
+        with torch.no_grad(), _maybe_revert_all_patches():
+            return bool(torch.fx.Interpreter(torch.fx.GraphModule(self.root, graph)).run(self.example))
+
+
+def _reads_only_shapes(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is computed from tensor shapes only, never from tensor values."""
+    if (node.op == "call_method" and node.target in ("size", "dim")) or (
+            node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")):
+        return True
+    if node.op in ("placeholder", "get_attr", "call_module"):
+        return False
+    return all(_reads_only_shapes(n) for n in node.all_input_nodes)
 
 
 def _op_name(node: torch.fx.Node) -> str:
@@ -539,7 +569,7 @@ def trace(model: nn.Module, example: torch.Tensor, arch: str = "traced") -> Arch
     model.eval()
     try:
         try:
-            graph = _LeafTracer().trace(model)
+            graph = _LeafTracer(example).trace(model)
         except Exception as exc:  # torch.fx raises many types; the first line says what failed
             raise FmpruneError(f"{arch}: torch.fx cannot trace the forward pass: {str(exc).splitlines()[0]}") from None
         interp = _ChannelInterpreter(torch.fx.GraphModule(model, graph))
