@@ -9,11 +9,14 @@ CIFAR-10 training images (seeded Gaussian images when the data folder is missing
 (``fmprune.features.extract``). Then, each in a fresh process so that timings and memory do not
 depend on what ran before:
 
-* ``score_groups`` of hrank, cfdp, dct, cdp, rgd, l1 and random over all groups: wall time and
-  peak resident memory (RSS);
-* for hrank, cfdp, dct, cdp and rgd, a straightforward implementation of the same formula
-  (per image and per channel: ``benchmarks/naive/``, and for HRank ``numpy.linalg.matrix_rank``
-  of one map at a time), combined over a group's taps exactly as ``score_groups`` does. Its
+* ``score_groups`` of every method the generic ``score`` rule scores (all but FP-FMC: hrank,
+  cfdp, dct, cdp, rgd, l1, random, apoz, bnscale, chip, fpgm, meanact, taylor) over all groups:
+  wall time and peak resident memory (RSS);
+* for all of them but l1 and random, a straightforward implementation of the same formula
+  (per image and per channel, or per filter: ``benchmarks/naive/``, and for HRank
+  ``numpy.linalg.matrix_rank`` of one map at a time; for Taylor, one forward and backward pass
+  per image computes the terms that extraction stores), combined over a group's taps or writers
+  exactly as ``score_groups`` does. Its
   scores are compared with the fast method's (max relative difference) and so are the kept sets
   at the seeds' rate list ``[0.]+[0.18]*29``. A straightforward run on fewer images
   (``--naive-images``) is compared with the fast method on the same images, and its time is
@@ -23,6 +26,8 @@ depend on what ran before:
   processes, and on a subset of taps the scikit-learn implementation
   (``benchmarks/naive/fpfmc.py``, per image): agreement of the layer K, of the per-image K and
   the overlap (Jaccard) of the kept sets at rate 0.18.
+* Taylor's terms cost one backward pass at extraction: the extraction is timed with and without
+  them.
 
 Peak memory: the kernel's peak-RSS mark (VmHWM) of the measuring process is reset just before
 the measured call (``/proc/self/clear_refs``, Linux) and read afterwards from
@@ -35,6 +40,7 @@ How to run (from the repository root; the full run takes several minutes on 2 co
 
     .venv/bin/python benchmarks/bench_methods.py                 # 128 images -> results/bench/methods.md
     .venv/bin/python benchmarks/bench_methods.py --quick         # smoke run on a few images
+    .venv/bin/python benchmarks/bench_methods.py --methods chip,taylor --no-fpfmc  # a subset
 """
 from __future__ import annotations
 
@@ -53,22 +59,32 @@ sys.path.insert(0, str(ROOT))  # ``benchmarks.common``, ``benchmarks.naive`` whe
 
 from benchmarks.common import (CONFIG, MODEL, in_fresh_process, load_images, load_model, machine,  # noqa: E402
                                markdown_table, measured, resnet56_parser, write_report)
+from benchmarks.naive import apoz as naive_apoz  # noqa: E402
+from benchmarks.naive import bnscale as naive_bnscale  # noqa: E402
 from benchmarks.naive import cdp as naive_cdp  # noqa: E402
 from benchmarks.naive import cfdp as naive_cfdp  # noqa: E402
+from benchmarks.naive import chip as naive_chip  # noqa: E402
 from benchmarks.naive import dct as naive_dct  # noqa: E402
 from benchmarks.naive import fpfmc as naive_fpfmc  # noqa: E402
+from benchmarks.naive import fpgm as naive_fpgm  # noqa: E402
+from benchmarks.naive import meanact as naive_meanact  # noqa: E402
 from benchmarks.naive import rgd as naive_rgd  # noqa: E402
+from benchmarks.naive import taylor as naive_taylor  # noqa: E402
 from fmprune import config as cfglib  # noqa: E402
-from fmprune.features import FeatureFile, extract, taps_for  # noqa: E402
-from fmprune.methods import FPFMC_DEFAULTS, METHODS, RGD_DEFAULTS, combine, fpfmc, group_l1, rgd, score_groups  # noqa: E402
+from fmprune.features import FeatureFile, extract, taps_for, taylor_taps_for  # noqa: E402
+from fmprune.methods import (ORDER, GroupInputs, combine, fpfmc, resolved_params, rgd, rule_logs,  # noqa: E402
+                             score_groups, tap_kind)
 from fmprune.models import build  # noqa: E402
 from fmprune.pipeline import fpfmc_cluster, fpfmc_kselect, fpfmc_sort  # noqa: E402
 from fmprune.plan import group_rates, keep_count, kept_from_scores  # noqa: E402
+from fmprune.tasks import CLASSIFICATION  # noqa: E402
 
 RATES = "[0.]+[0.18]*29"  # the seeds' operating point (config plan seeds018)
 FPFMC_RATE = 0.18
-DIRECT_METHODS = ("hrank", "cfdp", "dct", "cdp", "rgd", "l1", "random")
+DIRECT_METHODS = tuple(m for m in ORDER if not rule_logs(m))  # those the generic score rule scores
 DIRECT_TARGET_S = 30.0
+KINDS = {"act", "conv", "act_grad"}  # every tap kind and the Taylor terms
+NAIVE_ALL = ["hrank", "dct", "cdp", "rgd", "apoz", "meanact", "taylor", "fpgm", "bnscale"]
 KSELECT_TARGET_S = 600.0
 
 
@@ -91,27 +107,48 @@ NAIVE_TAP_SCORES = {
     "cfdp": naive_cfdp.channel_scores,
     "dct": naive_dct.channel_scores,
     "cdp": lambda batches: naive_cdp.tfidf_scores(naive_cdp.document_activations(batches)),
+    "chip": naive_chip.channel_scores,
+    "apoz": naive_apoz.channel_scores,
+    "meanact": naive_meanact.channel_scores,
 }
-NAIVE_METHODS = (*NAIVE_TAP_SCORES, "rgd")
+NAIVE_METHODS = (*NAIVE_TAP_SCORES, "rgd", "taylor", "fpgm", "bnscale")
 
 
-def naive_scores(method: str, spec, model: nn.Module, ff: FeatureFile, batch_size: int) -> dict[str, np.ndarray]:
-    """Scores of every prunable group with the straightforward per-map code, taps combined as
-    ``score_groups`` combines them (RGD: the similarity is naive, the decomposition shared)."""
-    kind = METHODS[method].TAP
+def naive_scores(method: str, spec, model: nn.Module, ff: "FirstImages", batch_size: int,
+                 images: tuple[torch.Tensor, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Scores of every prunable group with the straightforward per-map (per-filter) code, taps
+    (writers) combined as ``score_groups`` combines them. RGD: the similarity is naive, the
+    decomposition shared; Taylor: the terms come from one backward pass per image of ``images``
+    (the first ``ff.first``), not from the feature file."""
+    kind = tap_kind(method)
 
-    def maps(group: str, tap: str, images: int | None = None):
-        return ff.batches(tap, batch_size, images=images, channels=spec.groups[group].tap_slices.get(tap))
+    def maps(group: str, tap: str, n: int | None = None):
+        return ff.batches(tap, batch_size, images=n, channels=spec.groups[group].tap_slices.get(tap))
 
+    if method == "taylor":
+        x, y = images[0][: ff.first], images[1][: ff.first]
+        terms = naive_taylor.terms(model, x, y, CLASSIFICATION.loss, list(taylor_taps_for(spec, {"act_grad"})))
     scores = {}
     for g in spec.prunable_groups():
-        taps = spec.groups[g].taps[kind]
+        taps = spec.groups[g].taps[kind] if kind else ()
+        group = GroupInputs(g, spec, model, kind)
         if method == "rgd":
-            p = RGD_DEFAULTS
+            p = resolved_params("rgd")
             sim = rgd.group_similarity([naive_rgd.similarity(maps(g, t, p["images"]), hash_size=p["hash_size"])
                                         for t in taps])
-            norms = np.sum(group_l1(spec, model, g), axis=0)
+            norms = np.sum([conv.weight.detach().abs().sum((1, 2, 3)).double().numpy() for conv in group.writers()],
+                           axis=0)
             scores[g] = rgd.ranking_scores(rgd.decompose(sim, norms, p["threshold"])[1], norms)
+        elif method == "taylor":
+            part = spec.groups[g].tap_slices
+            scores[g] = combine([naive_taylor.channel_scores(terms[t][:, slice(*part[t]) if t in part else slice(None)])
+                                 for t in taps])
+        elif method == "fpgm":
+            scores[g] = np.sum([naive_fpgm.distance_sums(conv.weight.detach().numpy()) for conv in group.writers()],
+                               axis=0)
+        elif method == "bnscale":
+            scores[g] = naive_bnscale.channel_scores([bn.weight.detach()[part].numpy()
+                                                      for bn, part in group.batch_norms()])
         else:
             scores[g] = combine([NAIVE_TAP_SCORES[method](maps(g, t)) for t in taps])
     return scores
@@ -121,15 +158,21 @@ def naive_scores(method: str, spec, model: nn.Module, ff: FeatureFile, batch_siz
 # measurements, each run by in_fresh_process
 # --------------------------------------------------------------------------------------------
 class FirstImages(FeatureFile):
-    """A feature file seen through its first ``n`` images."""
+    """A feature file seen through its first ``first`` images."""
 
     def __init__(self, path: Path, n: int):
         super().__init__(path)
-        self.n_images = min(n, self.n_images)
+        self.first = min(n, self.n_images)
+
+    def batches(self, tap: str, batch_size: int = 64, images: int | None = None, channels=None):
+        return super().batches(tap, batch_size, min(images or self.first, self.first), channels)
+
+    def taylor_terms(self, tap: str, channels=None) -> np.ndarray:
+        return super().taylor_terms(tap, channels)[: self.first]
 
     @property
     def labels(self) -> np.ndarray:
-        return super().labels[: self.n_images]
+        return super().labels[: self.first]
 
 
 def _load_weights(path: Path) -> nn.Module:
@@ -145,7 +188,7 @@ def run_scoring(job: dict) -> dict:
     with FirstImages(job["features"], job["images"]) as ff:
         with measured() as m:
             if job["naive"]:
-                scores = naive_scores(job["method"], spec, model, ff, job["batch_size"])
+                scores = naive_scores(job["method"], spec, model, ff, job["batch_size"], job["sample"])
             else:
                 scores = score_groups(job["method"], spec, model, ff, batch_size=job["batch_size"]).scores
     return {**m, "scores": scores}
@@ -174,9 +217,10 @@ def run_fpfmc_pipeline(job: dict) -> dict:
 def run_fpfmc_compare(job: dict) -> dict:
     """One tap: FP-FMC fast (all steps) against scikit-learn per image, plus scikit-learn's
     KMeans/silhouette on the fast embedding (to tell t-SNE differences from K-selection ones)."""
-    seed, workers = FPFMC_DEFAULTS["seed"], job["workers"]
+    params, workers = resolved_params("fpfmc"), job["workers"]
+    seed = params["seed"]
     with FeatureFile(job["features"]) as ff:
-        n = min(FPFMC_DEFAULTS["images"], ff.n_images)
+        n = min(params["images"], ff.n_images)
         maps = torch.cat(list(ff.batches(job["tap"], images=n, channels=job["channels"]))).numpy()
     with measured() as fast:
         coords, inlier = fpfmc.embed(maps, seed=seed, workers=workers)
@@ -227,12 +271,13 @@ def target_line(what: str, seconds: float, limit: float, images: int, detail: st
     return f"Target ({what}, 128 images): {verdict} ({detail}{seconds:.1f} s)"
 
 
-def bench_direct(args, spec, features: Path, weights: Path, batch_size: int) -> tuple[list, dict]:
+def bench_direct(args, spec, features: Path, weights: Path, batch_size: int,
+                 images: tuple[torch.Tensor, torch.Tensor]) -> tuple[list, dict]:
     """Rows of the direct-method table, and each method's fast time."""
     rates = group_rates(spec, RATES)
-    job = {"features": features, "weights": weights, "batch_size": batch_size}
+    job = {"features": features, "weights": weights, "batch_size": batch_size, "sample": images}
     rows, fast_times = [], {}
-    for method in DIRECT_METHODS:
+    for method in args.methods:
         fast = in_fresh_process(run_scoring, {**job, "method": method, "naive": False, "images": args.images})
         fast_times[method] = fast["seconds"]
         print(f"{method}: fast {fast['seconds']:.2f} s", flush=True)
@@ -280,9 +325,12 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=8,
                         help="images for the slow straightforward runs (those not in --naive-all); "
                              "their time is extrapolated linearly to --images (default 8)")
-    parser.add_argument("--naive-all", type=lambda s: s.split(","), default=["hrank", "dct", "cdp", "rgd"],
-                        help="comma-separated methods whose straightforward run uses all --images "
-                             "(default hrank,dct,cdp,rgd; cfdp's takes ~4 s per image)")
+    parser.add_argument("--naive-all", type=lambda s: s.split(","), default=NAIVE_ALL,
+                        help=f"comma-separated methods whose straightforward run uses all --images "
+                             f"(default {','.join(NAIVE_ALL)}; cfdp's takes ~4 s per image, chip's ~1 s)")
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(DIRECT_METHODS),
+                        help=f"comma-separated methods to time (default all but FP-FMC: {','.join(DIRECT_METHODS)})")
+    parser.add_argument("--no-fpfmc", action="store_true", help="leave out FP-FMC's rules and its comparison")
     parser.add_argument("--fpfmc-subset-layers", type=int, default=3,
                         help="act taps (evenly spread over the network) compared with scikit-learn (default 3)")
     parser.add_argument("--fpfmc-workers", type=int, default=2)
@@ -290,6 +338,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 8 images, 2 for the slow straightforward runs, 2 FP-FMC taps")
     args = parser.parse_args()
+    unknown = sorted(set(args.methods) - set(DIRECT_METHODS))
+    if unknown:
+        parser.error(f"--methods: {unknown[0]!r} is not one of {', '.join(DIRECT_METHODS)}")
     if args.quick:
         args.images, args.naive_images, args.fpfmc_subset_layers = 8, 2, 2
 
@@ -303,14 +354,21 @@ def main() -> None:
         work = Path(tmp)
         weights, features = work / "weights.pt", work / "features.h5"
         torch.save(model.state_dict(), weights)
+        attrs = {"arch": "resnet56", "model": MODEL, "dataset": "cifar10", "seed": cfg["features"]["seed"]}
         start = time.perf_counter()
-        extract(model, images.batches(batch_size), images.indices, taps_for(spec, {"act", "conv"}), features,
-                {"arch": "resnet56", "model": MODEL, "dataset": "cifar10", "seed": cfg["features"]["seed"]})
+        extract(model, images.batches(batch_size), images.indices, taps_for(spec, KINDS), work / "maps.h5", attrs)
+        maps_s = time.perf_counter() - start
+        (work / "maps.h5").unlink()
+        start = time.perf_counter()
+        extract(model, images.batches(batch_size), images.indices, taps_for(spec, KINDS), features, attrs,
+                taylor_taps=taylor_taps_for(spec, KINDS), loss=CLASSIFICATION.loss)
         extract_s = time.perf_counter() - start
         size_mib = features.stat().st_size / 2**20
-        print(f"extracted act+conv taps of {args.images} images in {extract_s:.1f} s ({size_mib:.0f} MiB)", flush=True)
-        direct_rows, fast_times = bench_direct(args, spec, features, weights, batch_size)
-        pipeline, fpfmc_rows = bench_fpfmc(args, spec, features, work)
+        print(f"extracted act+conv taps of {args.images} images in {maps_s:.1f} s, with Taylor terms in "
+              f"{extract_s:.1f} s ({size_mib:.0f} MiB)", flush=True)
+        tensors = tuple(map(torch.cat, zip(*images.batches(batch_size))))
+        direct_rows, fast_times = bench_direct(args, spec, features, weights, batch_size, tensors)
+        pipeline, fpfmc_rows = (None, []) if args.no_fpfmc else bench_fpfmc(args, spec, features, work)
 
     slowest = max(fast_times, key=fast_times.get)
     n_act_taps = sum(len(t) for t in spec.taps("act").values())
@@ -321,7 +379,8 @@ def main() -> None:
         f"- model: {model_source}",
         f"- images: {images.source}",
         f"- features: act + conv taps of all {len(spec.prunable_groups())} prunable groups, float32, "
-        f"{size_mib:.0f} MiB, extracted in {extract_s:.1f} s",
+        f"and the Taylor terms of the act taps: {size_mib:.0f} MiB, extracted in {extract_s:.1f} s "
+        f"({maps_s:.1f} s without the Taylor terms' backward pass)",
         "- every measurement runs in a fresh process; times are wall-clock seconds of the whole "
         "network's scoring (reading the HDF5 file included)",
         "",
@@ -334,11 +393,22 @@ def main() -> None:
         "Max rel. score diff: over groups, max |fast − straightforward| / max |straightforward|, on the "
         "images compared (the fast method is re-run on them when the straightforward run used fewer). "
         "Straightforward: benchmarks/naive/ (HRank: numpy.linalg.matrix_rank per map), taps combined "
-        "as score_groups does; RGD's decomposition is shared, only its similarity is naive.",
+        "as score_groups does; RGD's decomposition is shared, only its similarity is naive; Taylor's fast "
+        "time scores the stored terms (their backward pass is in the extraction time above), its "
+        "straightforward time includes one forward and backward pass per image.",
         "",
         target_line(f"every direct method under {DIRECT_TARGET_S:.0f} s", fast_times[slowest], DIRECT_TARGET_S,
                     args.images, f"slowest: {slowest}, "),
         "",
+    ])
+    if pipeline is not None:
+        report += "\n" + fpfmc_section(args, pipeline, fpfmc_rows, n_act_taps)
+    write_report(report, args.out)
+
+
+def fpfmc_section(args, pipeline: dict, fpfmc_rows: list, n_act_taps: int) -> str:
+    """The report's FP-FMC part: its rules' times and the comparison with scikit-learn."""
+    return "\n".join([
         "## FP-FMC",
         "",
         markdown_table(["pipeline rule", "time (s)", "peak RSS MiB (+ during the rule), main process"],
@@ -359,7 +429,6 @@ def main() -> None:
         "separating K-selection agreement from t-SNE differences (float64 vs sklearn's float32).",
         "",
     ])
-    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from fmprune.counting import count
-from fmprune.features import FeatureFile, extract, taps_for
-from fmprune.methods import METHODS, fpfmc, score_groups
+from fmprune.features import FeatureFile, extract, taps_for, taylor_taps_for
+from fmprune.methods import METHODS, ParamError, Setting, check_setting, score_groups
 from fmprune.plan import group_rates, keep_counts, kept_from_scores, uniform_rates
 from fmprune.surgery import mask_, pruned_copy
 
@@ -98,23 +98,22 @@ def assert_every_method_runs(model: torch.nn.Module, x: torch.Tensor, tmp_path: 
     """Extraction, every method's scores and a pruned forward pass, on a few inputs."""
     spec = model.channel_spec()
     model.eval()
-    taps = taps_for(spec, {"act", "conv"})
+    kinds = {"act", "conv", "act_grad"}
     labels = torch.arange(len(x)) % 2
-    extract(model, [(x, labels)], np.arange(len(x)), taps, tmp_path / "f.h5", {})
+
+    def loss(out, _y, reduction):  # any differentiable loss of the (first) output gives Taylor terms
+        return (out[0] if isinstance(out, tuple) else out).square().sum()
+
+    extract(model, [(x, labels)], np.arange(len(x)), taps_for(spec, kinds), tmp_path / "f.h5", {},
+            taylor_taps=taylor_taps_for(spec, kinds), loss=loss)
+    setting = Setting(type(model).__name__, "methods", "float32", given=model)
     with FeatureFile(tmp_path / "f.h5") as ff:
         for method in METHODS:
-            if method == "fpfmc":
-                scores = {}
-                for g, group_taps in spec.taps("act").items():
-                    ri = 0
-                    for tap in group_taps:
-                        maps = torch.cat(list(ff.batches(tap, channels=spec.groups[g].tap_slices.get(tap)))).numpy()
-                        coords, inlier = fpfmc.embed(maps, workers=1)
-                        k, _ = fpfmc.select_k(coords, inlier, workers=1)
-                        ri = ri + fpfmc.redundancy_index(fpfmc.cluster(coords, inlier, max(k, 1)))
-                    scores[g] = fpfmc.channel_scores_from_ri(ri)
-            else:
-                scores = score_groups(method, spec, model, ff, {"images": len(x)} if method == "rgd" else {}).scores
+            try:
+                check_setting(method, setting)
+            except ParamError:  # config validation refuses the method for this model
+                continue
+            scores = score_groups(method, spec, model, ff, {"images": len(x)} if method == "rgd" else {}).scores
             assert set(scores) == set(spec.prunable_groups()), method
             for g, s in scores.items():
                 assert len(s) == spec.groups[g].channels and np.all(np.isfinite(s)), (method, g)

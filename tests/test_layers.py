@@ -98,3 +98,27 @@ def test_a_cut_reaches_every_coupled_producer():
     spec = trace(SliceAfterCoupling(fixed=True).eval(), torch.randn(2, 3, 12, 12), "slices")
     assert ok and spec.prunable_groups() == []  # y[:, :4] would read other channels once pruned
     assert spec.groups["conv[0:4]"].reason == "operator.getitem in the model's forward cuts channels at fixed positions"
+
+
+class Grouped(nn.Module):
+    """ResNeXt's grouped 3×3 between 1×1 convs, and a depthwise conv with a channel multiplier."""
+
+    def __init__(self):
+        super().__init__()
+        self.reduce, self.grouped = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.expand, self.mid = nn.Conv2d(8, 6, 1), nn.Conv2d(6, 6, 1)
+        self.mult, self.head = nn.Conv2d(6, 12, 3, padding=1, groups=6), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        y = self.expand(F.relu(self.grouped(F.relu(self.reduce(x)))))
+        return self.head(F.relu(self.mult(self.mid(F.relu(y))))).mean((2, 3))
+
+
+def test_grouped_convs_keep_the_channels_they_read_and_write_whole():
+    ok, line = check_model(Grouped(), "grouped", 8)
+    assert ok and line.startswith("ok grouped; ") and "1/6 groups prunable" in line, line
+    spec = trace(Grouped().eval(), torch.randn(2, 3, 8, 8), "grouped")
+    assert spec.prunable_groups() == ["expand"]
+    reasons = {g: spec.groups[g].reason for g in ("reduce", "grouped", "mid", "mult")}
+    assert reasons == {"reduce": "grouped conv grouped (groups=4)", "grouped": "grouped conv grouped (groups=4)",
+                       "mid": "grouped conv mult (groups=6)", "mult": "grouped conv mult (groups=6)"}

@@ -90,7 +90,8 @@ def test_rgd_similarity_threshold_bisection(spec):
 
 def test_a_plan_definition_has_one_form_and_plan_answers_what_it_implies(spec):
     definitions = [{"rates": "[0.1]*12"}, {"uniform": 0.3}, {"sparsity": 0.3}, {"threshold": 0.7},
-                   {"target_macs": 10**7}, {"target_reduction": 0.5, "shape": "[1.]*12"}]
+                   {"target_macs": 10**7}, {"target_reduction": 0.5, "shape": "[1.]*12"},
+                   {"target_latency_ms": 2.0}, {"target_speedup": 2.0, "batch": 64}]
     assert [plan_form(d) for d in definitions] == list(FORMS)
     with pytest.raises(FmpruneError, match="exactly one of"):
         plan_form({"uniform": 0.3, "sparsity": 0.3})

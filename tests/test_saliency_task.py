@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +154,44 @@ def test_evaluation_through_the_task_layer(resolution):
             metrics.update((pred - pred.min()) / (pred.max() - pred.min()), split.mask(i) > 128)
         assert result["maxf"] == pytest.approx(metrics.results()["maxf"], abs=1e-6)
         assert result["mae"] == pytest.approx(metrics.results()["mae"], abs=1e-6)
+
+
+SHARDED_EVALUATION = """
+import json, sys, torch
+import fmprune.train as train
+from fmprune.data import load
+from fmprune.models import build
+from fmprune.tasks import SALIENCY
+
+torch.set_num_threads(1)
+device = train.setup_distributed("cpu")
+rank, world = train.world()
+cfg = {"kind": "synthetic-saliency", "count": 28, "size": 32, "seed": 2, "test_fraction": 0.25, "split_seed": 0,
+       "resolution": 32, "crop": 28, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+data = load("synthetic", cfg)
+torch.manual_seed(0)
+model = build("u2netp")
+result = SALIENCY.evaluate(model, data.test, data.norm, device, batch_size=2, distributed=world > 1)
+with open(f"{sys.argv[1]}/world{world}-rank{rank}.json", "w") as f:
+    json.dump(result, f)
+train.teardown_distributed()
+"""
+
+
+def test_sharded_evaluation_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo processes each evaluate their shard of the 7 test pairs (4 + 3) and gather the
+    per-image figures: both ranks report exactly what one process reports for all 7."""
+    script = tmp_path / "evaluate.py"
+    script.write_text(SHARDED_EVALUATION)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for command in ([sys.executable, str(script), str(tmp_path)],
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                     str(script), str(tmp_path)]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    one, *two = (json.loads((tmp_path / name).read_text())
+                 for name in ("world1-rank0.json", "world2-rank0.json", "world2-rank1.json"))
+    assert one["images"] == 7 and two[0] == two[1] == one
 
 
 def test_extraction_of_a_saliency_sample_stores_no_labels(tmp_path):

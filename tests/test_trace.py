@@ -87,6 +87,18 @@ class DataDependent(nn.Module):
         return y if y.sum() > 0 else -y
 
 
+class SizeAssert(nn.Module):
+    """Asserts its input side, as torchvision's vision transformers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] == 224, "Wrong image height!")
+        return self.conv(x)
+
+
 def test_an_unsupported_op_is_named_in_one_line():
     ok, line = check_model(Shuffle(), "shuffle", 16)
     assert ok and "\n" not in line
@@ -94,6 +106,8 @@ def test_an_unsupported_op_is_named_in_one_line():
     assert "1/4 groups prunable" in line  # conv2 still is; conv1, the shuffled copy and the head are kept whole
     ok, line = check_model(DataDependent(), "dd", 16)
     assert not ok and line.startswith("untraceable dd: torch.fx cannot trace the forward pass: ") and "\n" not in line
+    ok, line = check_model(SizeAssert(), "vitlike", 16)
+    assert not ok and line == "untraceable vitlike: the forward pass fails on a 2×3×16×16 input: Wrong image height!"
 
 
 def test_cli_check_prints_one_line_per_model(capsys):

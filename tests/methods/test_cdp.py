@@ -177,4 +177,4 @@ def test_select_global_rejects_sparsity(sparsity):
 
 
 def test_tap():
-    assert cdp.TAP == "conv"
+    assert cdp.READS == "conv"

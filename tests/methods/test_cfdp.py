@@ -142,4 +142,4 @@ def test_rejects_bad_input():
 
 
 def test_tap():
-    assert cfdp.TAP == "act"
+    assert cfdp.READS == "act"

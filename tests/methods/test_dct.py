@@ -83,4 +83,4 @@ def test_rejects_empty_and_mixed_shapes():
 
 
 def test_tap():
-    assert dct.TAP == "act"
+    assert dct.READS == "act"

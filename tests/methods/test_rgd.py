@@ -310,4 +310,4 @@ def test_group_similarity():
 
 
 def test_tap():
-    assert rgd.TAP == "conv"
+    assert rgd.READS == "conv"

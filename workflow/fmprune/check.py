@@ -16,25 +16,10 @@ from torch.utils._pytree import tree_flatten
 
 from . import FmpruneError
 from .counting import module_macs
-from .models import ARCHS, build, input_size
+from .models import build, input_size, spec_of
 from .models.spec import ArchSpec
 from .models.trace import trace
 from .surgery import mask_, pruned_copy
-
-TORCHVISION = "torchvision/"
-
-
-def build_any(arch: str) -> nn.Module:
-    """A registered architecture, or ``torchvision/<builder>`` (random weights, never a download)."""
-    if not arch.startswith(TORCHVISION):
-        return build(arch)
-    import torchvision
-
-    builder = arch[len(TORCHVISION):]
-    known = torchvision.models.list_models(module=torchvision.models)
-    if builder not in known:
-        raise FmpruneError(f"{arch}: torchvision has no classification builder {builder!r}")
-    return torchvision.models.get_model(builder, weights=None)
 
 
 def random_plan(spec: ArchSpec, seed: int) -> dict[str, torch.Tensor]:
@@ -77,8 +62,9 @@ def expected_sizes(model: nn.Module, spec: ArchSpec, kept: dict[str, torch.Tenso
 
 
 def check(arch: str, size: int | None = None, seed: int = 0) -> tuple[bool, str]:
-    """(passed, one line) for a registered architecture or ``torchvision/<builder>``."""
-    return check_model(build_any(arch), arch, size or (input_size(arch) if arch in ARCHS else 224), seed)
+    """(passed, one line) for any architecture string (see :mod:`fmprune.models`), traced at
+    ``size`` (default: its input side)."""
+    return check_model(build(arch), arch, size or input_size(arch), seed)
 
 
 def check_model(model: nn.Module, arch: str, size: int, seed: int = 0) -> tuple[bool, str]:
@@ -91,7 +77,7 @@ def check_model(model: nn.Module, arch: str, size: int, seed: int = 0) -> tuple[
     except FmpruneError as exc:
         return False, f"untraceable {exc}"
     prunable = spec.prunable_groups()
-    unsupported = next((g.reason for g in spec.groups.values() if g.reason.startswith("unsupported")), "")
+    unsupported = spec.unsupported[0] if spec.unsupported else ""
     kept = random_plan(spec, seed)
     pruned, masked = pruned_copy(model, kept, spec), mask_(copy.deepcopy(model), kept, spec)
     with torch.no_grad():  # outputs may be tuples (a U-Net's side outputs)
@@ -113,13 +99,9 @@ def check_model(model: nn.Module, arch: str, size: int, seed: int = 0) -> tuple[
 
 def layout(arch: str, size: int | None = None) -> list[str]:
     """``fmprune layout``: one line per rate-list entry (its groups, channels and modules), then
-    every group kept whole and why. Registered architectures show their declared spec."""
-    model = build_any(arch)
-    if hasattr(model, "channel_spec"):
-        spec = model.channel_spec()
-    else:
-        size = size or 224
-        spec = trace(model, torch.randn(2, 3, size, size), arch)
+    every group kept whole and why. Registered architectures show their declared spec; traced
+    ones are traced at ``size`` (default: their input side)."""
+    spec = spec_of(arch, size)
 
     def described(g: str) -> str:
         modules = [m for m, io in spec.modules.items() if g in io.out or g in io.inp]

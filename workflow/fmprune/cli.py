@@ -27,15 +27,27 @@ def _parser() -> argparse.ArgumentParser:
         return s
 
     c = sub.add_parser("count", help="params and MACs (both conventions) of an architecture, as JSON")
-    c.add_argument("arch")
+    c.add_argument("arch", nargs="?", help="a registered architecture, torchvision/<builder>, file.py:factory or "
+                   "module:factory (not with --model-file)")
+    c.add_argument("--input-size", type=int, help="traced architectures: side of the input to count on (default 224)")
     c.add_argument("--rates", help="prune first by this rate list (the seeds' syntax), keeping the first channels")
     c.add_argument("--model-file", type=Path, help="count a saved model instead")
     ck = sub.add_parser("check", help="can fmprune prune this model? trace, prune a random plan, prove pruned == masked")
-    ck.add_argument("arch", nargs="+", help="a registered architecture or torchvision/<builder> (random weights)")
+    ck.add_argument("arch", nargs="+", help="a registered architecture, torchvision/<builder> (random weights), "
+                    "path/to/file.py:factory or package.module:factory")
     ck.add_argument("--input-size", type=int, help="side of the square test input (default: the architecture's, 224)")
+    ex = sub.add_parser("export", help="a saved model as TorchScript and ONNX (checked against PyTorch), timed per "
+                                       "runtime on the CPU; writes model.ts, model.onnx, export.json")
+    ex.add_argument("--model-file", required=True, type=Path, help="a model file the pipeline saved (e.g. pruned.pt)")
+    ex.add_argument("--out-dir", required=True, type=Path)
+    ex.add_argument("--runtimes", nargs="*", default=None,
+                    help="runtimes to time (default: eager channels_last compile torchscript onnxruntime; none: only export)")
+    ex.add_argument("--threads", type=int, help="CPU threads, pinned while timing (default: torch's)")
+    ex.add_argument("--batch", type=int, default=64, help="batch of the throughput figure (default 64)")
+    ex.add_argument("--repeats", type=int, default=10, help="timed passes per figure (default 10)")
     lay = sub.add_parser("layout", help="the rate-list layout of an architecture: entry -> groups -> channels, modules")
-    lay.add_argument("arch", help="a registered architecture or torchvision/<builder>")
-    lay.add_argument("--input-size", type=int, help="side of the square input to trace on (default 224)")
+    lay.add_argument("arch", help="a registered architecture, torchvision/<builder>, file.py:factory or module:factory")
+    lay.add_argument("--input-size", type=int, help="traced architectures: side of the input to trace on (default 224)")
 
     step("baseline", "import or train the baseline model", "out", "workdir")
     step("evaluate", "accuracy and cost of a saved model", "model-file", "out")
@@ -73,13 +85,17 @@ def _count(args) -> dict:
     import torch
 
     from .counting import count
-    from .models import build
+    from .models import build, register
     from .plan import group_rates, keep_count
     from .surgery import load_pruned, prune_
 
     if args.model_file:
         net = load_pruned(args.model_file)
         return count(net, net.meta["arch"])
+    if args.arch is None:
+        raise FmpruneError("count needs an architecture or --model-file")
+    if args.input_size:
+        register(args.arch, input_size=args.input_size)
     net = build(args.arch)
     if args.rates is not None:  # "" is a malformed rate list, not "no rates"
         spec = net.channel_spec()
@@ -142,6 +158,13 @@ def _run(args, argv: list[str]) -> int:
             print(line, flush=True)
             passed &= ok
         return 0 if passed else 1
+    if args.command == "export":
+        from .export import RUNTIMES, export_model
+
+        runtimes = RUNTIMES if args.runtimes is None else args.runtimes
+        print(json.dumps(export_model(args.model_file, args.out_dir, runtimes, args.threads, args.batch, args.repeats),
+                         indent=2))
+        return 0
     if args.command == "layout":
         from .check import layout
 

@@ -19,13 +19,13 @@ from scipy.stats import hypergeom
 
 from . import FmpruneError
 from .io import atomic_path, atomic_write_text, read_json
+from .methods import ORDER as METHOD_ORDER
 from .models import spec_of
 from .plan import is_target, target_knob, target_reduction
 from .tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("hrank", "cfdp", "dct", "cdp", "rgd", "fpfmc", "l1", "random")
 EQUAL, NATIVE = "equal widths", "native"
 SERIES_ORDER = (EQUAL, NATIVE)
 # The task's figures (Task.compared: acc.json key -> column) are averaged over seeds and shown
@@ -36,7 +36,8 @@ TABLE_LEGEND = (
     "before_ft = {what} of the pruned model before fine-tuning; before_ft_bn = the same after "
     "re-estimating BN statistics on training images; {what} columns are mean ± std over seeds, "
     "latency and throughput medians; equal widths = all methods pruned to the same widths by one "
-    "scale factor over a shared rate-list shape; native = the method's own knob bisected to the target.")
+    "scale factor over a shared rate-list shape; native = the method's own knob bisected to the target; "
+    "round_to = widths rounded to multiples of it inside the bisection (the MACs are the rounded model's).")
 
 
 def columns(task: Task) -> list[str]:
@@ -167,9 +168,11 @@ def _round(value, digits: int = 2) -> float | None:
 
 
 def _knob(plan: dict | None) -> str | None:
+    """The knob's value the bisection found, and the rounding of the widths it gave."""
     if not plan or "knob" not in plan:
         return None
-    return f"{plan['knob']}={plan['knob_value']:.3g}"
+    rounding = f", round_to={plan['round_to']}" if "round_to" in plan else ""
+    return f"{plan['knob']}={plan['knob_value']:.3g}{rounding}"
 
 
 def _sorted(rows: pd.DataFrame, headline: str) -> pd.DataFrame:
@@ -267,7 +270,7 @@ def chance_jaccard(channels: int, kept_a: int, kept_b: int) -> float:
 def jaccard(plans, baseline: dict) -> pd.DataFrame:
     """Per equal-widths target, pruned group and pair of methods: the Jaccard index of the kept
     channels, and its chance level. Groups neither method pruned are left out."""
-    groups = spec_of(baseline["arch"]).groups
+    groups = spec_of(baseline["arch"], baseline.get("input_size")).groups  # a traced arch: at its side
     by_target: dict[float, dict[str, dict]] = {}
     for p in plans:
         if is_target(p["definition"]) and series_of(p["method"], p["definition"]) == EQUAL:

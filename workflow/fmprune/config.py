@@ -59,7 +59,9 @@ def validate(cfg: dict, strict: bool = True) -> dict:
         raise ConfigError(f"config error at {_where(error.absolute_path)}: {error.message}")
     # Defaults of nested objects that were created by a default themselves.
     validator.validate(cfg)
+    usages: dict[str, tuple] = {}
     for name, model in cfg["models"].items():
+        _check_arch(name, model, cfg, usages)
         _expand_compare(name, model, cfg)
         if not model["plans"]:
             raise ConfigError(f"config error at models.{name}.plans: the model has no plans (give plans or compare)")
@@ -72,6 +74,7 @@ def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
 
     ``eq<P>``: every method, one scale factor over the shared shape bisected to P% fewer MACs;
     ``native<P>``: the methods with a plan form of their own (CDP, RGD) bisect it to the same target.
+    The block's ``round_to`` rounds the widths of both.
     """
     from .models import spec_of
     from .plan import native_methods
@@ -81,7 +84,7 @@ def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
     if not cmp:
         return {}
     shape = cmp.get("shape") or f"[1.]*{len(spec_of(model['arch']).rate_layout)}"
-    extra = {"seeds": cmp["seeds"], **({"recipe": cmp["recipe"]} if "recipe" in cmp else {})}
+    extra = {"seeds": cmp["seeds"], **{k: cmp[k] for k in ("recipe", "round_to") if k in cmp}}
     native = native_methods(model_methods(cfg, name)) if cmp["native"] else []
     plans = {}
     for target in cmp["targets"]:
@@ -92,12 +95,41 @@ def compare_plans(cfg: dict, name: str) -> dict[str, dict]:
     return plans
 
 
+def _check_arch(name: str, model: dict, cfg: dict, usages: dict[str, tuple]) -> None:
+    """The model's ``arch`` resolves. A traced one is registered with its dataset's classes and
+    its ``input_size`` (default: the dataset's ``resolution``, the side it is evaluated on), and
+    traced now: a model the tracer cannot follow stops the config here, in one line."""
+    from .data import class_count
+    from .models import is_traced, register, spec_of
+
+    where = f"config error at models.{name}"
+    arch, ds = model["arch"], cfg["datasets"].get(model["dataset"])
+    if ds is None:
+        raise ConfigError(f"{where}.dataset: no dataset named {model['dataset']!r} under datasets")
+    if not is_traced(arch):
+        if "input_size" in model:
+            raise ConfigError(f"{where}.input_size: {arch} is declared by hand and counted at its papers' side; "
+                              f"input_size is for traced architectures")
+        return
+    usage = (class_count(ds), model.get("input_size", ds["resolution"]))
+    if usages.setdefault(arch, usage) != usage:
+        raise ConfigError(f"{where}: {arch} is also used with {usages[arch][0]} classes at input side "
+                          f"{usages[arch][1]}, here {usage[0]} at {usage[1]}; a config uses a traced "
+                          f"architecture one way")
+    try:
+        register(arch, *usage)
+        spec = spec_of(arch)
+    except FmpruneError as exc:
+        raise ConfigError(f"{where}.arch: {exc}") from None
+    if not spec.prunable_groups():
+        why = spec.unsupported[0] if spec.unsupported else "every group is kept whole (fmprune layout lists why)"
+        raise ConfigError(f"{where}.arch: {arch} has no prunable channel group: {why}")
+
+
 def _expand_compare(name: str, model: dict, cfg: dict) -> None:
     """Add the compare block's plans; a plan of the same name must be the same plan (re-validation)."""
-    from .models import ARCHS
-
     cmp = model.get("compare")
-    if not cmp or model["arch"] not in ARCHS:  # an unknown arch is reported by _check_references
+    if not cmp:
         return
     if "recipe" in cmp and cmp["recipe"] not in cfg["recipes"]:
         raise ConfigError(f"config error at models.{name}.compare.recipe: no recipe named {cmp['recipe']!r} under recipes")
@@ -116,8 +148,7 @@ def _expand_compare(name: str, model: dict, cfg: dict) -> None:
 
 
 def _check_references(cfg: dict, strict: bool = True) -> None:
-    from .methods import METHODS, ParamError, check_params
-    from .models import ARCHS
+    from .methods import METHODS, ORDER, ParamError, Setting, check_params, check_setting
     from .tasks import of_model
 
     for name, ds in cfg["datasets"].items():
@@ -128,7 +159,7 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
                               f"{ds['resolution']}")
     for method in cfg["methods"]:
         if method not in METHODS:
-            raise ConfigError(f"config error at methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+            raise ConfigError(f"config error at methods: unknown method {method!r}; known: {', '.join(ORDER)}")
     for method, params in cfg["method_params"].items():
         try:
             check_params(method, params)
@@ -139,10 +170,6 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
     warned: set[str] = set()
     for name, model in cfg["models"].items():
         where = f"models.{name}"
-        if model["arch"] not in ARCHS:
-            raise ConfigError(f"config error at {where}.arch: unknown architecture {model['arch']!r}; known: {', '.join(ARCHS)}")
-        if model["dataset"] not in cfg["datasets"]:
-            raise ConfigError(f"config error at {where}.dataset: no dataset named {model['dataset']!r} under datasets")
         if model["default_plan"] not in model["plans"]:
             raise ConfigError(f"config error at {where}.default_plan: {model['default_plan']!r} is not one of its plans")
         task = of_model(cfg, name).name
@@ -152,7 +179,7 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
                               f"and model {name} is a {task} model (use documents: image)")
         for method in model.get("methods", []):
             if method not in METHODS:
-                raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+                raise ConfigError(f"config error at {where}.methods: unknown method {method!r}; known: {', '.join(ORDER)}")
         for plan_name, plan in model["plans"].items():
             for method in plan.get("methods", []):
                 if method not in model_methods(cfg, name):
@@ -171,10 +198,12 @@ def _check_references(cfg: dict, strict: bool = True) -> None:
             raise ConfigError(f"config error at {where}.checkpoint.path: checkpoint file {ckpt['path']} does not exist")
         if ckpt and ckpt["download"] and "sha256" not in ckpt:
             raise ConfigError(f"config error at {where}.checkpoint.sha256: a download needs the file's SHA-256")
-        needs_float32 = [m for m in model_methods(cfg, name) if getattr(METHODS[m], "NEEDS_FLOAT32", False)]
-        if needs_float32 and cfg["features"]["dtype"] == "float16":
-            raise ConfigError(f"config error at features.dtype: {needs_float32[0]} (a method of {where}) refuses "
-                              f"float16 taps; use float32")
+        setting = Setting(model["arch"], f"{where}.methods" if "methods" in model else "methods", cfg["features"]["dtype"])
+        for method in model_methods(cfg, name):
+            try:
+                check_setting(method, setting)  # refusals that depend on the config alone
+            except ParamError as exc:
+                raise ConfigError(f"config error at {exc.where}: {exc.why}") from None
         _check_plans(where, model, model_methods(cfg, name))
         ds = cfg["datasets"][model["dataset"]]
         if ds["kind"] != "digits" and "root" in ds:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .layers import rule_for
-from .models import input_size
+from .models import Usage, input_size, usage_of
 
 
 def module_macs(model: nn.Module, size: int, seeds_convention: bool = False) -> dict[str, int]:
@@ -93,11 +93,12 @@ def pruned_sizes(arch: str, widths: dict[str, int]) -> dict[str, int]:
     Sizes depend on widths only, so the first channels are kept; results are cached, since plan
     searches and tables ask for the same widths again and again.
     """
-    return dict(_pruned_sizes(arch, tuple(sorted(widths.items()))))
+    return dict(_pruned_sizes(arch, usage_of(arch), tuple(sorted(widths.items()))))
 
 
 @functools.lru_cache(maxsize=1024)
-def _pruned_sizes(arch: str, widths: tuple[tuple[str, int], ...]) -> dict[str, int]:
+def _pruned_sizes(arch: str, usage: Usage | None, widths: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    """``usage`` (a traced architecture's classes and input side) is part of the cache key only."""
     from .models import build
     from .surgery import prune_
 

@@ -249,6 +249,17 @@ def load(name: str, cfg: dict) -> Data:
     return Data(name, train, test, classes, norm, of_dataset(cfg))
 
 
+def class_count(cfg: dict) -> int | None:
+    """The classes (saliency: output maps) :func:`load` will find, without loading anything;
+    None for an image folder not unpacked yet."""
+    if cfg["kind"] in ("digits", "cifar10"):
+        return 10
+    if cfg["kind"] in ("saliency", "synthetic-saliency"):
+        return 1
+    train = user_path(cfg["root"]) / "train"
+    return sum(entry.is_dir() for entry in os.scandir(train)) if train.is_dir() else None
+
+
 def saliency_crop(cfg: dict) -> int:
     """The training crop of a saliency set: ``crop``, else U²-Net's 288 of 320 (0.9 × resolution)."""
     return cfg.get("crop") or round(0.9 * cfg["resolution"])

@@ -4,7 +4,9 @@ Layout: ``taps/<module name>`` float32 (or float16) [N, C, H, W], chunked one ch
 time (each chunk Fletcher-32 checksummed) so a scorer can stream images or channels with
 bounded memory; ``sample_indices`` and (classification) ``sample_labels`` [N]; attributes ``arch``, ``model``,
 ``model_sha256``, ``dataset``, ``sample_sha256`` (hash of the indices), ``seed`` and
-``tap_kinds`` (JSON: module -> kind).
+``tap_kinds`` (JSON: module -> kind). Only when a method reading ``act_grad`` (Taylor) is
+configured, one backward pass of the task's loss per batch also writes ``taylor/<module>``
+float64 [N, C]: per image and channel, the mean over positions of tap · ∂L/∂tap.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from . import FmpruneError
 from .io import atomic_path, describe
+from .methods import GRAD
 from .models import ArchSpec
 
 
@@ -38,30 +41,55 @@ def indices_sha256(indices: np.ndarray) -> str:
 
 
 def taps_for(spec: ArchSpec, kinds: set[str]) -> dict[str, str]:
-    """Tap module -> kind, for every prunable group's taps of the requested kinds."""
+    """Tap module -> kind, for every prunable group's taps of the requested map kinds ("act",
+    "conv"; gradient kinds such as "act_grad" are :func:`taylor_taps_for`'s)."""
     taps: dict[str, str] = {}
-    for kind in sorted(kinds):
+    for kind in sorted(k for k in kinds if not k.endswith(GRAD)):
         for modules in spec.taps(kind).values():
             for m in modules:
                 taps.setdefault(m, kind)
     return taps
 
 
-@torch.no_grad()
+def taylor_taps_for(spec: ArchSpec, kinds: set[str]) -> tuple[str, ...]:
+    """The tap modules whose Taylor terms are needed: those of kind K for each requested "K_grad"."""
+    modules = {m: None for kind in sorted(kinds) if kind.endswith(GRAD)
+               for group_taps in spec.taps(kind.removesuffix(GRAD)).values() for m in group_taps}
+    return tuple(modules)
+
+
+def taylor_terms(outputs, y: torch.Tensor, loss, tapped: list[torch.Tensor]) -> list[np.ndarray]:
+    """For each tapped tensor z [B, C, H, W] of the forward pass that gave ``outputs``: the mean over
+    positions of z · ∂L/∂z, float64 [B, C], L = ``loss(outputs, y, reduction="sum")`` (zero for a
+    tap the loss does not depend on)."""
+    grads = torch.autograd.grad(loss(outputs, y, reduction="sum"), tapped, allow_unused=True)
+    return [np.zeros(z.shape[:2]) if g is None else (z.detach().double() * g.double()).mean(dim=(2, 3)).cpu().numpy()
+            for z, g in zip(tapped, grads)]
+
+
 def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str], out: str | Path,
-            attrs: dict, dtype: str = "float32") -> None:
+            attrs: dict, dtype: str = "float32", taylor_taps: tuple[str, ...] = (), loss=None) -> None:
     """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing every tap,
-    and the labels when ``y`` holds one class per image (a saliency set's masks are not stored)."""
+    and the labels when ``y`` holds one class per image (a saliency set's masks are not stored).
+
+    With ``taylor_taps``, the forward pass keeps its graph and one backward pass of
+    ``loss(outputs, y, reduction="sum")`` (the task's loss: summed, so each image's gradient is
+    that of its own loss) gives each of those modules' Taylor terms, the mean over positions of
+    z · ∂L/∂z per image and channel.
+    """
     n_images = len(indices)
     model.eval()
     modules = dict(model.named_modules())
-    missing = [t for t in taps if t not in modules]
+    hooked = {**dict.fromkeys(taps), **dict.fromkeys(taylor_taps)}
+    missing = [t for t in hooked if t not in modules]
     if missing:
         raise FmpruneError(f"model has no module named {missing[0]} to tap")
+    if taylor_taps and loss is None:
+        raise FmpruneError("Taylor terms need the task's loss")
     captured: dict[str, torch.Tensor] = {}
     handles = [
         modules[name].register_forward_hook(lambda _m, _i, o, name=name: captured.__setitem__(name, o))
-        for name in taps
+        for name in hooked
     ]
     np_dtype = np.dtype(dtype)
     try:
@@ -77,8 +105,15 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
             pos = 0
             for x, y in tqdm(batches, desc="extracting", total=None, mininterval=5, leave=False):
                 captured.clear()
-                model(x)
+                with torch.set_grad_enabled(bool(taylor_taps)):  # a graph from the input even if weights are frozen
+                    outputs = model(x.detach().requires_grad_() if taylor_taps else x)
                 b = len(y)
+                if taylor_taps:
+                    terms = taylor_terms(outputs, y, loss, [captured[name] for name in taylor_taps])
+                    for name, values in zip(taylor_taps, terms):
+                        if f"taylor/{name}" not in h5:
+                            h5.create_dataset(f"taylor/{name}", shape=(n_images, values.shape[1]), dtype=np.float64)
+                        h5[f"taylor/{name}"][pos : pos + b] = values
                 for name in taps:
                     fmap = captured[name]
                     if name not in group:
@@ -133,9 +168,11 @@ class FeatureFile:
     def __exit__(self, *exc):
         self.h5.close()
 
-    def check_source(self, arch: str, model_sha256: str | None, taps: Iterable[str] = ()) -> None:
+    def check_source(self, arch: str, model_sha256: str | None, taps: Iterable[str] = (),
+                     taylor_taps: Iterable[str] = ()) -> None:
         """Refuse the file unless it was extracted from ``arch`` (and the model file of hash
-        ``model_sha256``, when given) and holds every tap in ``taps``."""
+        ``model_sha256``, when given) and holds every tap in ``taps`` and the Taylor terms of
+        every module in ``taylor_taps``."""
         stored_arch = self.attrs.get("arch")
         if stored_arch != arch:
             raise FmpruneError(f"feature file {self.path} was extracted from a {stored_arch} model, not {arch} "
@@ -146,6 +183,8 @@ class FeatureFile:
                                f"{stored_sha[:12]}…, this model's {model_sha256[:12]}…; re-run extraction)")
         for tap in taps:
             self._dataset(tap)
+        for tap in taylor_taps:
+            self._taylor_dataset(tap)
 
     def dtype(self, tap: str) -> np.dtype:
         return self._dataset(tap).dtype
@@ -157,6 +196,26 @@ class FeatureFile:
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[0] != self.n_images:
             raise FmpruneError(f"feature file {self.path}: tap {tap} is not [{self.n_images}, C, H, W] feature maps")
         return ds
+
+    def _taylor_dataset(self, tap: str) -> h5py.Dataset:
+        ds = self.h5.get(f"taylor/{tap}")
+        if not isinstance(ds, h5py.Dataset):
+            raise FmpruneError(f"feature file {self.path} has no Taylor terms of {tap} (re-run extraction with "
+                               f"a method that reads act_grad, e.g. taylor)")
+        if ds.ndim != 2 or ds.shape[0] != self.n_images:
+            raise FmpruneError(f"feature file {self.path}: taylor/{tap} is not [{self.n_images}, C] terms")
+        return ds
+
+    def taylor_terms(self, tap: str, channels: tuple[int, int] | None = None) -> np.ndarray:
+        """float64 [N, C] Taylor terms of ``tap`` (mean over positions of tap · ∂L/∂tap per image)."""
+        ds = self._taylor_dataset(tap)
+        try:
+            terms = np.asarray(ds[:, slice(*channels) if channels else slice(None)], dtype=np.float64)
+        except OSError as exc:
+            raise FmpruneError(f"feature file {self.path}: taylor/{tap} is unreadable ({describe(exc)})") from None
+        if not np.isfinite(terms).all():
+            raise FmpruneError(f"feature file {self.path}: taylor/{tap} holds non-finite values (NaN or inf)")
+        return terms
 
     def batches(self, tap: str, batch_size: int = 64, images: int | None = None,
                 channels: tuple[int, int] | None = None):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from .config import finetune_recipe
 from .io import sha256_json
-from .methods import tap_kind
+from .methods import reads
 
-BASELINE_KEYS = ("arch", "dataset", "checkpoint", "normalize", "baseline_recipe")
+BASELINE_KEYS = ("arch", "input_size", "dataset", "checkpoint", "normalize", "baseline_recipe")
 # Keys of a plan that choose who runs it and how it is fine-tuned, not which channels it keeps.
 PLAN_RUN_KEYS = ("methods", "seeds", "recipe")
 
@@ -36,13 +36,13 @@ def baseline_evaluation(cfg: dict, model: str) -> str:
 def features(cfg: dict, model: str) -> str:
     from .config import model_methods
 
-    kinds = sorted({tap_kind(m) or "" for m in model_methods(cfg, model)})
+    kinds = sorted({reads(m) or "" for m in model_methods(cfg, model)})  # "act_grad" adds a backward pass
     return _digest(baseline(cfg, model), cfg["features"], kinds)
 
 
 def scores(cfg: dict, model: str, method: str) -> str:
     """Also the fingerprint of FP-FMC's intermediate files (its params are the method's)."""
-    upstream = features(cfg, model) if tap_kind(method) is not None else baseline(cfg, model)
+    upstream = features(cfg, model) if reads(method) is not None else baseline(cfg, model)
     return _digest(upstream, method, cfg["method_params"].get(method, {}))
 
 

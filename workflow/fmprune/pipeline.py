@@ -14,14 +14,15 @@ from . import FmpruneError, __version__
 from . import config as cfglib
 from . import data as datalib
 from .counting import count
-from .features import FeatureFile, extract, sample_indices, taps_for
-from .latency import measure as measure_latency
-from .io import (atomic_path, atomic_write_json, check_sha256, describe, download, load_torch, read_json, sha256_file,
-                 sha256_json, user_path)
-from .methods import FPFMC_DEFAULTS, Scored, fpfmc, score_groups, tap_kind
+from .features import FeatureFile, extract, sample_indices, taps_for, taylor_taps_for
+from .latency import measure as measure_latency, timer_for
+from .io import (atomic_path, atomic_write_json, cache_dir, check_sha256, describe, download, load_torch, read_json,
+                 sha256_file, sha256_json, user_path)
+from .methods import Scored, fpfmc, reads, resolved_params, score_groups
 from .models import ArchSpec, build, spec_of
-from .plan import plan_kept
+from .plan import TIME_FORMS, plan_form, plan_kept
 from .surgery import load_pruned, prune_, save_pruned
+from .tasks import of_model
 from .train import fit, is_main_process, resolve_device, setup_distributed, teardown_distributed
 
 log = logging.getLogger("fmprune")
@@ -99,10 +100,21 @@ def evaluate_model(cfg: dict, model: str, model_file: Path, out: Path, bn_reesti
     result.update(data.task.evaluate(net, data.test, data.norm, device, batch_size=batch))
     if bn_reestimation and cfg["evaluation"]["bn_images"]:
         result.update(_after_bn_reestimation(cfg["evaluation"], net, data, device))
-    result.update(measure_latency(net, _eval_size(cfg, model, data), device))
+    result.update(_speed(cfg, net, _eval_size(cfg, model, data), device))
     result["model_sha256"] = sha256_file(model_file)
     atomic_write_json(out, result)
     return result
+
+
+def _speed(cfg: dict, net: torch.nn.Module, size: int, device: torch.device) -> dict:
+    """Latency and throughput of ``net`` on ``device``; with the config's ``runtimes``, also
+    under each of them (:func:`fmprune.export.runtime_speeds`)."""
+    speed = measure_latency(net, size, device)
+    if cfg.get("runtimes"):
+        from .export import runtime_speeds
+
+        speed["runtimes"] = runtime_speeds(net, size, cfg["runtimes"], device)
+    return speed
 
 
 def _eval_size(cfg: dict, model: str, data: datalib.Data) -> int:
@@ -132,8 +144,9 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(model_file)
-    kinds = {tap_kind(x) for x in cfglib.model_methods(cfg, model)} - {None}
-    taps = taps_for(net.channel_spec(), kinds)
+    kinds = {reads(x) for x in cfglib.model_methods(cfg, model)} - {None}
+    spec = net.channel_spec()
+    taps, taylor_taps = taps_for(spec, kinds), taylor_taps_for(spec, kinds)
     f = cfg["features"]
     ds_cfg = cfg["datasets"][m["dataset"]]
     pool = None
@@ -148,7 +161,7 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
     attrs = {"arch": m["arch"], "model": model, "model_sha256": sha256_file(model_file),
              "dataset": m["dataset"], "seed": f["seed"]}
     batches = data.train.batches(indices, f["batch_size"], data.norm, device=device)
-    extract(net, batches, indices, taps, out, attrs, dtype=f["dtype"])
+    extract(net, batches, indices, taps, out, attrs, dtype=f["dtype"], taylor_taps=taylor_taps, loss=data.task.loss)
 
 
 def save_scores(path: Path, scored: Scored, meta: dict) -> None:
@@ -205,9 +218,9 @@ def score(cfg: dict, model: str, method: str, model_file: Path, features: Path |
     spec = net.channel_spec()
     params = cfg["method_params"].get(method, {})
     if features is not None:
-        kind = tap_kind(method)
+        kinds = {reads(method)} - {None}
         with FeatureFile(features) as ff:
-            ff.check_source(net.meta["arch"], sha256_file(model_file), taps_for(spec, {kind}) if kind else ())
+            ff.check_source(net.meta["arch"], sha256_file(model_file), taps_for(spec, kinds), taylor_taps_for(spec, kinds))
             scored = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
             sample = ff.attrs["sample_sha256"]
     else:
@@ -220,7 +233,7 @@ def score(cfg: dict, model: str, method: str, model_file: Path, features: Path |
 
 
 def _fpfmc_params(cfg: dict) -> dict:
-    return {**FPFMC_DEFAULTS, **cfg["method_params"].get("fpfmc", {})}
+    return resolved_params("fpfmc", cfg["method_params"].get("fpfmc", {}))
 
 
 def fpfmc_kselect(cfg: dict, model: str, features: Path, out: Path, workers: int) -> None:
@@ -282,7 +295,11 @@ def make_plan(cfg: dict, model: str, plan: str, scores_file: Path, out: Path) ->
     plan_cfg = cfg["models"][model]["plans"][plan]
     scored, meta = load_scores(scores_file, spec)
     method = meta["method"]
-    kept, info = plan_kept(spec, method, plan_cfg, scored.scores, scored.extra)
+    timer = None
+    if plan_form(plan_cfg) in TIME_FORMS:  # timed on this job's device, once per width set
+        size = of_model(cfg, model).eval_size(spec.arch, cfg["datasets"][cfg["models"][model]["dataset"]])
+        timer = timer_for(plan_cfg, spec.arch, size, resolve_device(cfg["device"]), cache_dir() / "latency")
+    kept, info = plan_kept(spec, method, plan_cfg, scored.scores, scored.extra, timer)
     atomic_write_json(out, {"model": model, "plan": plan, "method": method, "definition": plan_cfg, **info,
                             "sample_sha256": meta["sample_sha256"],
                             "widths": {g: len(k) for g, k in kept.items()}, "kept": kept})
@@ -349,7 +366,7 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     meta = dict(net.meta)
     save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
                 **{k: v for k, v in meta.items() if k != "kept"})
-    speed = measure_latency(net, _eval_size(cfg, model, data), device)  # on the device it was fine-tuned on
+    speed = _speed(cfg, net, _eval_size(cfg, model, data), device)  # on the device it was fine-tuned on
     acc = {
         "model": model, "arch": m["arch"], "task": task.name, "method": method, "plan": plan,
         "plan_definition": m["plans"][plan],
@@ -358,7 +375,7 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
            if f"{k}{bn}" in pruned},
         "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
         "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", *task.metrics,
-                                          "latency_ms_b1", "throughput_ips", "latency_device") if k in base},
+                                          "latency_ms_b1", "throughput_ips", "latency_device", "runtimes") if k in base},
         "params_reduction_pct": 100.0 * (1 - pruned["params"] / base["params"]),
         "macs_reduction_pct": 100.0 * (1 - pruned["macs"] / base["macs"]),
         "provenance": provenance(cfg, model, method, plan, sample),

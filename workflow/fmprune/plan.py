@@ -7,7 +7,8 @@ import logging
 import numpy as np
 
 from . import FmpruneError
-from .models import ArchSpec
+from . import methods as registry
+from .models import ArchSpec, is_traced
 from .ratelist import parse_rates
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def group_rates(spec: ArchSpec, rates: str | list[float]) -> dict[str, float]:
         rates = parse_rates(rates, max_entries=2 * len(layout) + 16)
     expected = f"{spec.arch} expects {len(layout)} entries: " + ", ".join(e.label for e in layout[:4])
     expected += ", …" if len(layout) > 4 else ""
-    if len(rates) < len(layout):
+    # trailing entries are the seeds' habit with the hand-written layouts; a traced layout takes none
+    if len(rates) < len(layout) or (len(rates) > len(layout) and is_traced(spec.arch)):
         raise FmpruneError(f"rate list has {len(rates)} entries; {expected}")
     if len(rates) > len(layout):
         log.warning(
@@ -95,6 +97,43 @@ def kept_from_scores(spec: ArchSpec, scores: dict[str, np.ndarray], rates: dict[
     return kept
 
 
+def rounded_width(requested: int, original: int, multiple: int) -> int:
+    """``requested`` channels rounded to the nearest of the multiples of ``multiple`` up to
+    ``original`` and ``original`` itself (the unpruned width runs as fast as the network ever
+    did), a tie going to the larger; never 0: below ``multiple`` it rounds up."""
+    below = requested - requested % multiple
+    if below == requested:
+        return requested
+    above = min(below + multiple, original)
+    return above if below == 0 or above - requested <= requested - below else below
+
+
+def round_kept(spec: ArchSpec, kept: dict[str, list[int]], scores: dict[str, np.ndarray],
+               multiple: int) -> dict[str, list[int]]:
+    """Every group's kept set resized to :func:`rounded_width`: the group's channels ranked by
+    descending score, its kept ones first, and the first ``width`` of them. A score-ranked set thus
+    stays the top-scored channels of the rounded count; a method's own set (RGD's) grows by the
+    best-scored others or loses its worst-scored members."""
+    if multiple == 1:
+        return kept
+    out = {}
+    for group, indices in kept.items():
+        width = rounded_width(len(indices), spec.groups[group].channels, multiple)
+        if width == len(indices):
+            out[group] = indices
+            continue
+        if group not in scores:
+            raise FmpruneError(f"no scores for group {group}: round_to needs them")
+        order = rank(scores[group])
+        inside = np.isin(order, indices)
+        out[group] = sorted(np.concatenate([order[inside], order[~inside]])[:width].tolist())
+    return out
+
+
+def widths_of(kept: dict[str, list[int]]) -> dict[str, int]:
+    return {g: len(k) for g, k in kept.items()}
+
+
 def macs_of(arch: str, kept: dict[str, list[int]]) -> int:
     """Conv + linear MACs of ``arch`` pruned to ``kept`` (only the widths matter)."""
     from .counting import pruned_sizes
@@ -104,11 +143,16 @@ def macs_of(arch: str, kept: dict[str, list[int]]) -> int:
 
 # A plan definition has exactly one form key (the schema's oneOf): a fixed rate list or uniform
 # rate, a method's own knob (CDP's sparsity, RGD's threshold), or a MAC target reached by bisection.
-NATIVE_FORMS = {"cdp": "sparsity", "rgd": "threshold"}
+# Method -> the plan key of its own knob, as its module declares (methods.NativeForm).
+NATIVE_FORMS = {m: form.key for m in registry.ORDER if (form := registry.native_form(m))}
 NATIVE_OWNERS = {form: method for method, form in NATIVE_FORMS.items()}
 RATE_FORMS = ("rates", "uniform")
 TARGET_FORMS = ("target_macs", "target_reduction")
-FORMS = (*RATE_FORMS, *NATIVE_OWNERS, *TARGET_FORMS)
+# Time targets: the same bisection as a MAC target, on a forward pass's measured median time.
+TIME_FORMS = ("target_latency_ms", "target_speedup")
+FORMS = (*RATE_FORMS, *NATIVE_OWNERS, *TARGET_FORMS, *TIME_FORMS)
+# Keys of a time target saying how its forward passes are timed (see fmprune.latency.WidthTimer).
+TIMING_KEYS = ("batch", "device", "threads", "tolerance")
 
 
 def plan_form(plan_cfg: dict) -> str:
@@ -120,7 +164,7 @@ def plan_form(plan_cfg: dict) -> str:
 
 
 def is_target(plan_cfg: dict) -> bool:
-    """Whether a plan (e.g. an acc.json's definition) is a MAC target."""
+    """Whether a plan (e.g. an acc.json's definition) is a MAC target (time targets are not)."""
     return any(key in plan_cfg for key in TARGET_FORMS)
 
 
@@ -130,7 +174,7 @@ def native_methods(methods: list[str]) -> list[str]:
 
 
 def target_knob(method: str, plan_cfg: dict) -> str:
-    """What the bisection of a MAC target moves for ``method``: its own knob (CDP's sparsity,
+    """What the bisection of a MAC or time target moves for ``method``: its own knob (CDP's sparsity,
     RGD's threshold) when the plan gives no ``shape``, else ``"scale"``, one factor over the
     shape (uniform by default) that gives every method the same widths."""
     return NATIVE_FORMS[method] if method in NATIVE_FORMS and "shape" not in plan_cfg else "scale"
@@ -186,11 +230,15 @@ def checked_mac_target(arch: str, plan_cfg: dict) -> int:
 
 def check_definition(spec: ArchSpec, plan_cfg: dict) -> None:
     """Raise ``FmpruneError("<key>: <problem>")`` unless a plan definition holds for ``spec``'s
-    architecture: its rate list or shape maps onto the layout, a shape goes with a MAC target and
-    has a rate above 0, and a MAC target lies below the baseline's MACs."""
+    architecture: its rate list or shape maps onto the layout, a shape goes with a target and
+    has a rate above 0, timing keys go with a time target, and a MAC target lies below the
+    baseline's MACs."""
     form = plan_form(plan_cfg)
-    if "shape" in plan_cfg and form not in TARGET_FORMS:
-        raise FmpruneError("shape: a shape needs target_macs or target_reduction")
+    if "shape" in plan_cfg and form not in (*TARGET_FORMS, *TIME_FORMS):
+        raise FmpruneError(f"shape: a shape needs one of {', '.join((*TARGET_FORMS, *TIME_FORMS))}")
+    timing = [key for key in TIMING_KEYS if key in plan_cfg]
+    if timing and form not in TIME_FORMS:
+        raise FmpruneError(f"{timing[0]}: {timing[0]} goes with {' or '.join(TIME_FORMS)}")
     checks = [("rates", lambda: group_rates(spec, plan_cfg["rates"])),
               ("shape", lambda: scale_shape(spec, plan_cfg["shape"]))]
     if form in TARGET_FORMS:
@@ -204,47 +252,65 @@ def check_definition(spec: ArchSpec, plan_cfg: dict) -> None:
 
 
 def plan_kept(spec: ArchSpec, method: str, plan_cfg: dict, scores: dict[str, np.ndarray],
-              extra: dict[str, dict[str, np.ndarray]]) -> tuple[dict[str, list[int]], dict]:
-    """Kept indices per group of ``method``'s scores under a plan definition, and for a MAC
-    target what its bisection found (target and reached MACs, the knob and its value)."""
+              extra: dict[str, dict[str, np.ndarray]], timer=None) -> tuple[dict[str, list[int]], dict]:
+    """Kept indices per group of ``method``'s scores under a plan definition, and what the plan
+    found: for a target, what its bisection reached (target and reached MACs or time, the knob and
+    its value); with ``round_to``, the widths and MACs before rounding and the MACs after it.
+
+    Rounding (:func:`round_kept`) happens inside a target's bisection, so the target holds for
+    the rounded model. ``timer`` (widths -> timing, a :class:`fmprune.latency.WidthTimer`) times a
+    time target's candidates; its bisection moves the knob a MAC target would.
+    """
     form = plan_form(plan_cfg)
+    multiple = plan_cfg.get("round_to", 1)
     min_channels = plan_cfg.get("min_channels", 1)
     if form in RATE_FORMS:
-        return kept_from_scores(spec, scores, fixed_rates(spec, plan_cfg)), {}
-    if form in NATIVE_OWNERS:
-        return native_kept(method, spec, form, plan_cfg[form], scores, extra, min_channels), {}
-    target = checked_mac_target(spec.arch, plan_cfg)
-    knob = target_knob(method, plan_cfg)
-    if knob == "scale":
-        shape = scale_shape(spec, plan_cfg.get("shape"))
-
-        def kept_at(value):
-            return kept_from_scores(spec, scores, shaped_rates(spec, shape, value))
-
-        lo, hi, higher_prunes_more = 0.0, 0.999 / (max(shape.values()) if shape else 1.0), True
+        requested, info = kept_from_scores(spec, scores, fixed_rates(spec, plan_cfg)), {}
+        kept = round_kept(spec, requested, scores, multiple)
+    elif form in NATIVE_OWNERS:
+        requested, info = native_kept(method, spec, form, plan_cfg[form], scores, extra, min_channels), {}
+        kept = round_kept(spec, requested, scores, multiple)
     else:
+        knob = target_knob(method, plan_cfg)
+        if knob == "scale":
+            shape = scale_shape(spec, plan_cfg.get("shape"))
+
+            def requested_at(value):
+                return kept_from_scores(spec, scores, shaped_rates(spec, shape, value))
+
+            lo, hi, higher_prunes_more = 0.0, 0.999 / (max(shape.values()) if shape else 1.0), True
+        else:
+
+            def requested_at(value):
+                return native_kept(method, spec, knob, value, scores, extra, min_channels)
+
+            native = registry.native_form(method)
+            lo, hi, higher_prunes_more = native.low, native.high, native.higher_prunes_more
 
         def kept_at(value):
-            return native_kept(method, spec, knob, value, scores, extra, min_channels)
+            return round_kept(spec, requested_at(value), scores, multiple)
 
-        lo, hi, higher_prunes_more = (0.0, 0.999, True) if knob == "sparsity" else (0.0, 1.0, False)
-    kept, value, macs = reach_macs(spec.arch, target, kept_at, lo, hi, higher_prunes_more)
-    return kept, {"target_macs": target, "reached_macs": macs, "knob": knob, "knob_value": value}
+        if form in TARGET_FORMS:
+            target = checked_mac_target(spec.arch, plan_cfg)
+            kept, value, macs = reach_macs(spec.arch, target, kept_at, lo, hi, higher_prunes_more)
+            info = {"target_macs": target, "reached_macs": macs}
+        else:
+            kept, value, info = reach_time(plan_cfg, timer, kept_at, lo, hi, higher_prunes_more)
+        info |= {"knob": knob, "knob_value": value}
+        requested = requested_at(value)
+    if multiple > 1:
+        info |= {"round_to": multiple, "requested_widths": widths_of(requested),
+                 "requested_macs": macs_of(spec.arch, requested), "reached_macs": macs_of(spec.arch, kept)}
+    return kept, info
 
 
 def native_kept(method: str, spec: ArchSpec, form: str, value: float, scores: dict[str, np.ndarray],
                 extra: dict[str, dict[str, np.ndarray]], min_channels: int = 1) -> dict[str, list[int]]:
-    """Kept indices for a method's own plan form: CDP's global sparsity, RGD's threshold."""
+    """Kept indices for a method's own plan form (its module's ``native_kept``): CDP's global
+    sparsity, RGD's threshold."""
     if NATIVE_FORMS.get(method) != form:
         raise FmpruneError(f"plan form {form!r} belongs to method {NATIVE_OWNERS[form]}, not {method}")
-    if form == "sparsity":
-        from .methods.cdp import select_global
-
-        kept = select_global(scores, value, min_channels=min_channels)
-    else:
-        from .methods.rgd import decompose
-
-        kept = {g: decompose(sim, extra["l1"][g], value)[0] for g, sim in extra["similarity"].items()}
+    kept = registry.get(method).native_kept(scores, extra, value, min_channels)
     return {g: sorted(int(i) for i in k) for g, k in kept.items()}
 
 
@@ -255,20 +321,61 @@ def reach_macs(arch: str, target: int, kept_at, lo: float, hi: float, more_pruni
     ``kept_at(knob)`` gives a plan; MACs must fall as the knob moves toward more pruning (for
     RGD's threshold this holds usually, not always: the result is checked, never assumed).
     """
+    return bisect_knob(lambda kept: macs_of(arch, kept), target, kept_at, lo, hi, more_pruning_when_higher,
+                       steps, unit=lambda macs: f"{macs:,} MACs")
+
+
+DEFAULT_TOLERANCE = 0.05  # a time target's default tolerance, a fraction of the target
+TIME_STEPS = 12  # most bisection steps of a time target (each new width set is timed)
+
+
+def reach_time(plan_cfg: dict, timer, kept_at, lo: float, hi: float,
+               more_pruning_when_higher: bool) -> tuple[dict[str, list[int]], float, dict]:
+    """Bisection for the least pruning whose median forward time is at or below a time target
+    give or take its ``tolerance``: measured times are noisy, so a time within the tolerance of
+    the target counts as reached (and ends the search). ``target_speedup`` S aims at the
+    baseline's time (measured the same way) divided by S."""
+    if timer is None:
+        raise FmpruneError(f"a {' or '.join(TIME_FORMS)} plan needs a timer to measure its candidates")
+    info = {}
+    if "target_speedup" in plan_cfg:
+        baseline_ms = timer({})["median_ms"]
+        target = baseline_ms / plan_cfg["target_speedup"]
+        info = {"target_speedup": plan_cfg["target_speedup"], "baseline_latency_ms": baseline_ms}
+    else:
+        target = plan_cfg["target_latency_ms"]
+    tolerance = plan_cfg.get("tolerance", DEFAULT_TOLERANCE)
+    kept, value, _ = bisect_knob(lambda k: timer(widths_of(k))["median_ms"], target, kept_at, lo, hi,
+                                 more_pruning_when_higher, TIME_STEPS, tolerance, unit=lambda ms: f"{ms:.4g} ms")
+    timing = timer(widths_of(kept))  # from the cache
+    info = {"target_latency_ms": target, "tolerance": tolerance, "reached_latency_ms": timing["median_ms"],
+            "latency_iqr_ms": timing["iqr_ms"], **info, "timing": timer.setting}
+    if "baseline_latency_ms" in info:
+        info["reached_speedup"] = info["baseline_latency_ms"] / timing["median_ms"]
+    return kept, value, info
+
+
+def bisect_knob(cost, target: float, kept_at, lo: float, hi: float, more_pruning_when_higher: bool,
+                steps: int, tolerance: float = 0.0, unit=str) -> tuple[dict[str, list[int]], float, float]:
+    """Bisection on one knob for the least pruning whose ``cost(kept)`` is at most
+    ``target·(1 + tolerance)``; with a tolerance, a cost within ``target·(1 ± tolerance)`` stops
+    the search early. Returns the kept sets, the knob's value and their cost."""
     prune_more, prune_less = (hi, lo) if more_pruning_when_higher else (lo, hi)
     best = kept_at(prune_more)
-    best_macs, best_knob = macs_of(arch, best), prune_more
-    if best_macs > target:
-        raise FmpruneError(f"target of {target:,} MACs is out of reach: the most pruning gives {best_macs:,}")
+    best_cost, best_knob = cost(best), prune_more
+    if best_cost > target * (1 + tolerance):
+        raise FmpruneError(f"target of {unit(target)} is out of reach: the most pruning gives {unit(best_cost)}")
     for _ in range(steps):
+        if tolerance and best_cost >= target * (1 - tolerance):
+            break
         mid = (prune_more + prune_less) / 2
         kept = kept_at(mid)
-        macs = macs_of(arch, kept)
-        if macs <= target:
-            best, best_macs, best_knob, prune_more = kept, macs, mid, mid
+        value = cost(kept)
+        if value <= target * (1 + tolerance):
+            best, best_cost, best_knob, prune_more = kept, value, mid, mid
         else:
             prune_less = mid
-    return best, best_knob, best_macs
+    return best, best_knob, best_cost
 
 
 def shaped_rates(spec: ArchSpec, shape: dict[str, float] | None, scale: float) -> dict[str, float]:

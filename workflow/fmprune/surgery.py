@@ -18,7 +18,7 @@ from torch import nn
 from . import FmpruneError
 from .io import atomic_torch_save, describe, load_torch
 from .layers import rule_for
-from .models import ArchSpec, build
+from .models import ArchSpec, build, input_size, is_traced, register
 
 
 def full_kept(spec: ArchSpec, kept: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -97,11 +97,13 @@ def pruned_copy(model: nn.Module, kept: dict[str, torch.Tensor], spec: ArchSpec 
 
 
 def save_pruned(path: str | Path, model: nn.Module, arch: str, num_classes: int, **extra) -> None:
-    """Save what :func:`load_pruned` needs: architecture, kept indices and weights."""
+    """Save what :func:`load_pruned` needs: architecture, kept indices and weights, and the
+    input side a traced architecture is traced and counted on."""
     kept = getattr(model, "kept", None)
     if kept is None:
         kept = {g: list(range(s.channels)) for g, s in model.channel_spec().groups.items()}
-    payload = {"arch": arch, "num_classes": num_classes, "kept": kept, "state_dict": model.state_dict()}
+    payload = {"arch": arch, "num_classes": num_classes, "input_size": input_size(arch), "kept": kept,
+               "state_dict": model.state_dict()}
     payload.update(extra)
     atomic_torch_save(payload, path)
 
@@ -117,6 +119,8 @@ def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> n
         if not isinstance(payload, dict) or key not in payload:
             raise FmpruneError(f"{path}: not an fmprune model file (missing {key!r})")
     try:
+        if is_traced(payload["arch"]) and payload.get("input_size"):
+            register(payload["arch"], payload["num_classes"], payload["input_size"])
         model = build(payload["arch"], num_classes=payload["num_classes"])
         prune_(model, {g: torch.tensor(v) for g, v in payload["kept"].items()})
         model.load_state_dict(payload["state_dict"], strict=True)

@@ -8,7 +8,9 @@ import pandas as pd
 
 from . import paths
 from .config import model_methods, plan_seeds
+from .export import RUNTIME_COLUMNS, runtime_columns
 from .io import atomic_write_text, read_json
+from .methods import paper_macs, rule_logs
 from .tasks import TASKS, of_model
 
 # each task's metric columns (classification's top-1 columns, saliency's maxF / MAE / …) and
@@ -16,7 +18,8 @@ from .tasks import TASKS, of_model
 METRIC_DIGITS = {col: task.digits for task in TASKS.values() for col in task.columns}
 COLUMNS = ["model", "method", "plan", "seeds", *METRIC_DIGITS,
            "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
-           "latency_ms_b1", "throughput_ips"]
+           "latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS]
+SPEED_COLUMNS = ("latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS)  # medians over seeds
 
 
 def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
@@ -29,7 +32,7 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
                      "params": b["params"], "params_reduction_pct": 0.0,
                      "macs": b["macs"], "macs_reduction_pct": 0.0, "macs_thop": b["macs_thop"],
                      **_speed(b)})
-    runs = pd.DataFrame([read_json(p, "result") for p in acc_files])
+    runs = pd.DataFrame([{**r, **runtime_columns(r)} for r in (read_json(p, "result") for p in acc_files)])
     if len(runs):
         for (model, method, plan), g in runs.groupby(["model", "method", "plan"], sort=False):
             row = {"model": model, "method": method, "plan": plan, "seeds": len(g), "epochs": int(g["epochs"].iloc[0])}
@@ -38,7 +41,7 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
                     row[col] = _mean_std(g[col].dropna(), digits)
             for col in ("params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop"):
                 row[col] = g[col].iloc[0]
-            for col in ("latency_ms_b1", "throughput_ips"):  # median over seeds (same architecture)
+            for col in SPEED_COLUMNS:  # median over seeds (same architecture)
                 if col in g and g[col].notna().any():
                     row[col] = round(float(g[col].dropna().median()), 2)
             rows.append(row)
@@ -46,7 +49,8 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
 
 
 def _speed(report: dict) -> dict:
-    return {k: round(report[k], 2) for k in ("latency_ms_b1", "throughput_ips") if k in report}
+    speeds = {**report, **runtime_columns(report)}
+    return {k: round(speeds[k], 2) for k in SPEED_COLUMNS if k in speeds}
 
 
 def _mean_std(values: pd.Series, digits: int = 2) -> str | float:
@@ -121,8 +125,9 @@ def plan_matches(row, plan_cfg: dict) -> bool:
 
 def macs_convention(row) -> str:
     """Which of our counts holds against the published MACs (METHODS.md, "Counting cost"):
-    conv + linear for baselines and CDP, the seeds' older-thop count for their pruned rows."""
-    return "macs" if row["method"] in ("baseline", "cdp") else "macs_seeds"
+    conv + linear for baselines, else the one the method's module declares (conv + linear for
+    CDP, the seeds' older-thop count for the other seeds' pruned rows)."""
+    return "macs" if row["method"] == "baseline" else paper_macs(row["method"])
 
 
 def _matches(cfg: dict, paper: pd.DataFrame):
@@ -159,8 +164,7 @@ def _run_files(cfg: dict, results: Path, model: str, method: str | None, plan: s
     files["plan"] = at(paths.PLAN)
     files["acc"] = [at(paths.ACC, seed=s) for s in seeds]
     files["logs"] += [at(paths.FEATURES_LOG), at(paths.SCORES_LOG), at(paths.PLAN_LOG), at(paths.PRUNE_LOG)]
-    if method == "fpfmc":
-        files["logs"] += [at(log) for log in (paths.FPFMC_KSELECT_LOG, paths.FPFMC_CLUSTER_LOG, paths.FPFMC_SORT_LOG)]
+    files["logs"] += [at(log) for log in rule_logs(method)]
     files["logs"] += [at(paths.FINETUNE_LOG, seed=s) for s in seeds]
     return files
 

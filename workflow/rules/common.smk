@@ -9,7 +9,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from fmprune import fingerprints, paths
 from fmprune.config import compare_plans, model_methods, plan_seeds
 from fmprune.io import atomic_write_text, sha256_json
-from fmprune.methods import METHODS, tap_kind
+from fmprune.methods import METHODS, reads, rule_logs
 from fmprune.plan import plan_applies
 
 # Every job reads the validated config (defaults filled in) from one content-addressed file,
@@ -42,7 +42,7 @@ def model_cfg(w):
 
 
 def needs_features(model, method):
-    return tap_kind(method) is not None
+    return reads(method) is not None
 
 
 def operating_points(model, plans):

@@ -1,5 +1,6 @@
-# One pass over the fixed sample writes every tap the model's methods need; one scores file per
-# method. FP-FMC's three steps are rules of their own, so a K file can be inspected and reused.
+# One pass over the fixed sample writes every tap the model's methods need (and, for Taylor, one
+# backward pass its terms); one scores file per method. FP-FMC's three steps are rules of their
+# own, so a K file can be inspected and reused.
 
 
 rule extract:
@@ -37,7 +38,7 @@ rule score:
     log:
         paths.SCORES_LOG,
     wildcard_constraints:
-        method="|".join(m for m in METHODS if m != "fpfmc"),
+        method="|".join(m for m in METHODS if not rule_logs(m)),  # not those scored by rules of their own
     params:
         fingerprint=lambda w: fingerprints.scores(config, w.model, w.method),
         features=lambda w, input: f"--features {input.features}" if "features" in input.keys() else "",

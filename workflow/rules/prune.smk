@@ -10,6 +10,9 @@ rule plan:
         paths.PLAN_LOG,
     params:
         fingerprint=lambda w: fingerprints.plan(config, w.model, w.method, w.plan),
+    # a time target times its candidates on this many pinned threads: Snakemake runs it beside
+    # nothing that would take them
+    threads: lambda w: model_cfg(w)["plans"][w.plan].get("threads", 1)
     resources:
         mem_mb=2000,
         runtime=10,

@@ -1,34 +1,84 @@
 """Method registry and the one entry point the pipeline calls: :func:`score_groups`.
 
-A feature-map method is a module with ``TAP`` ("act" or "conv", None when it reads weights
-only) and ``PARAMS`` (the keywords it accepts from ``method_params``, each with a check run at
-config validation, see :mod:`.params`). Most methods expose ``channel_scores(batches, **params)
--> [C]`` (higher = kept); CDP, RGD and FP-FMC have a few more steps, run here or by their own
-rules. A group written by several convs has one tap per writer (METHODS.md's coupled-group rule):
+Every module of this package that defines ``READS`` and ``score`` is a method, named by its
+module (adding a method is one file, plus its test). The contract:
 
-- score-based methods divide each tap's scores by their mean absolute value over channels
-  (the mean, for non-negative scores) and average them (see :func:`combine`);
-- RGD averages the taps' similarity matrices and sums the writers' filter L1 norms;
-- FP-FMC sums the taps' redundancy indices (each tap clustered on its own).
+- ``READS``: what the method reads. ``"act"`` / ``"conv"``: that tap's feature maps;
+  ``"act_grad"``: per image and channel, the mean over positions of act · ∂L/∂act (extraction
+  stores it, with one extra backward pass, only when such a method is configured); ``"weights"``:
+  the model alone.
+- ``PARAMS``: the keywords of ``method_params.<method>``, each with its check (:mod:`.params`);
+  their defaults are those of ``score``'s keyword arguments (:func:`resolved_params`).
+- ``score(group: GroupInputs, **params) -> [C]``: one prunable group's channel scores, higher =
+  kept. A scorer may put arrays its native plan form needs into ``group.extra``; they are saved
+  beside the scores.
+- Optional: ``NATIVE_FORM`` (a :class:`NativeForm`) with ``native_kept(scores, extra, value,
+  min_channels)``, the method's own plan knob; ``check_setting(setting)``, refusals that depend on
+  the config alone, raised as :class:`ParamError` at config validation, before any extraction;
+  ``RULE_LOGS``, when the pipeline scores the method by rules of its own (FP-FMC), their logs;
+  ``PAPER_MACS``, the cost count its paper's figures match (default the seeds' thop count).
+
+A group written by several convs has one tap per writer (METHODS.md's coupled-group rule):
+score-based methods divide each tap's scores by their mean absolute value over channels and
+average them (:func:`combine`); RGD averages the taps' similarity matrices and sums the writers'
+filter L1 norms; FP-FMC sums the taps' redundancy indices; weight-only methods combine their
+writers as their modules say.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from .. import FmpruneError
 from ..models import ArchSpec
-from . import cdp, cfdp, dct, fpfmc, hrank, l1, rgd
-from . import random as random_method
 from .params import ParamError
 
-METHODS = {"hrank": hrank, "cfdp": cfdp, "dct": dct, "cdp": cdp, "rgd": rgd, "fpfmc": fpfmc, "l1": l1,
-           "random": random_method}
+WEIGHTS = "weights"
+GRAD = "_grad"  # READS suffix: the per-image, per-channel mean of tap · ∂L/∂tap
+# Modules of this package that are helpers, not methods.
+_HELPERS = {"params", "streaming"}
 
-RGD_DEFAULTS = {"hash_size": 8, "images": 128, "threshold": 0.7}
-FPFMC_DEFAULTS = {"images": 128, "seed": 0}
+
+def _discover() -> dict[str, object]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _HELPERS:
+            continue
+        module = importlib.import_module(f".{info.name}", __name__)
+        if hasattr(module, "READS") and hasattr(module, "score"):
+            found[info.name] = module
+    return found
+
+
+def _order() -> tuple[str, ...]:
+    """Tables and legends list the config schema's default methods in its order, then the others
+    by name; every default must be a registered method."""
+    from ..config import schema
+
+    defaults = schema()["properties"]["methods"]["default"]
+    unknown = [m for m in defaults if m not in METHODS]
+    if unknown:
+        raise FmpruneError(f"the config schema's default methods name {unknown[0]!r}, which is no method module")
+    return (*defaults, *sorted(set(METHODS) - set(defaults)))
+
+
+@dataclass(frozen=True)
+class NativeForm:
+    """A method's own plan knob: the plan key that sets it, the range a MAC-target bisection
+    searches, and which way prunes more."""
+
+    key: str
+    low: float
+    high: float
+    higher_prunes_more: bool
 
 
 @dataclass
@@ -41,13 +91,36 @@ class Scored:
 
 def get(method: str):
     if method not in METHODS:
-        raise FmpruneError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise FmpruneError(f"unknown method {method!r}; known: {', '.join(ORDER)}")
     return METHODS[method]
 
 
+def reads(method: str) -> str | None:
+    """What ``method`` reads from the feature file ("act", "conv", "act_grad"), None for weights only."""
+    what = get(method).READS
+    return None if what == WEIGHTS else what
+
+
 def tap_kind(method: str) -> str | None:
-    """The feature-map tap a method reads, or None when it needs no feature maps."""
-    return get(method).TAP
+    """The kind of tap modules a method reads ("act" or "conv"), None when it reads weights only."""
+    what = reads(method)
+    return what.removesuffix(GRAD) if what else None
+
+
+def native_form(method: str) -> NativeForm | None:
+    return getattr(get(method), "NATIVE_FORM", None)
+
+
+def rule_logs(method: str) -> tuple[str, ...]:
+    """Log templates of the rules that score ``method`` in the pipeline, when it has its own
+    (FP-FMC); empty when the generic ``score`` rule does."""
+    return getattr(get(method), "RULE_LOGS", ())
+
+
+def paper_macs(method: str) -> str:
+    """The cost count a method's published figures match: ``macs`` (conv + linear) or the seeds'
+    ``macs_seeds`` (METHODS.md, "Counting cost")."""
+    return getattr(get(method), "PAPER_MACS", "macs_seeds")
 
 
 def check_params(method: str, params: dict) -> None:
@@ -64,6 +137,50 @@ def check_params(method: str, params: dict) -> None:
             raise ParamError(f"method_params.{method}.{key}", str(exc)) from None
 
 
+def defaults(method: str) -> dict:
+    """Default of every parameter: the keyword defaults of the module's ``score``."""
+    signature = inspect.signature(get(method).score)
+    return {name: p.default for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def resolved_params(method: str, params: dict | None = None) -> dict:
+    """``params`` checked, with every parameter left out at its default."""
+    params = dict(params or {})
+    check_params(method, params)
+    return {**defaults(method), **params}
+
+
+@dataclass
+class Setting:
+    """What a config-only refusal (a module's ``check_setting``) may look at: one model of the
+    config (built from ``arch`` only when a refusal asks, unless ``given``), the config key that
+    lists its methods, and the feature dtype."""
+
+    arch: str
+    methods_key: str
+    dtype: str
+    given: nn.Module | None = None
+
+    @cached_property
+    def model(self) -> nn.Module:
+        from ..models import build
+
+        return self.given if self.given is not None else build(self.arch)
+
+    @cached_property
+    def spec(self) -> ArchSpec:
+        from ..models import spec_of
+
+        return self.given.channel_spec() if self.given is not None else spec_of(self.arch)
+
+
+def check_setting(method: str, setting: Setting) -> None:
+    """Run ``method``'s config-only refusals (ParamError naming the config key)."""
+    check = getattr(get(method), "check_setting", None)
+    if check is not None:
+        check(setting)
+
+
 def combine(per_tap: list[np.ndarray]) -> np.ndarray:
     """Mean of the taps' scores after dividing each by its mean absolute value over channels.
 
@@ -78,56 +195,85 @@ def combine(per_tap: list[np.ndarray]) -> np.ndarray:
     return np.mean(normalised, axis=0) * (np.mean(scales) if max(scales) > 0 else 1.0)
 
 
-def group_l1(spec: ArchSpec, model: nn.Module, group: str) -> list[np.ndarray]:
-    """Filter L1 norms of every conv writing ``group``."""
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return [l1.filter_norms(convs[p]) for p in spec.producers(group) if p in convs]
+@dataclass
+class GroupInputs:
+    """What a method's ``score`` may read of one prunable channel group."""
+
+    name: str
+    spec: ArchSpec
+    model: nn.Module
+    tap_kind: str | None  # "act" / "conv" (the method's), None for weight-only methods
+    features: object = None  # a FeatureFile, when the method reads one
+    batch_size: int = 64
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # arrays saved beside the scores
+
+    @property
+    def channels(self) -> int:
+        return self.spec.groups[self.name].channels
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """The group's tap modules of the method's kind (one per writer of a coupled group)."""
+        return self.spec.groups[self.name].taps[self.tap_kind] if self.tap_kind else ()
+
+    def _channels(self, tap: str) -> tuple[int, int] | None:
+        return self.spec.groups[self.name].tap_slices.get(tap)
+
+    def maps(self, tap: str, images: int | None = None) -> Iterator[torch.Tensor]:
+        """float32 batches [B, C, H, W] of ``tap``'s maps of this group's channels."""
+        return self.features.batches(tap, self.batch_size, images=images, channels=self._channels(tap))
+
+    def tap_dtype(self, tap: str) -> np.dtype:
+        return self.features.dtype(tap)
+
+    def taylor_terms(self, tap: str) -> np.ndarray:
+        """float64 [N, C]: per image, the mean over positions of tap · ∂L/∂tap, this group's channels."""
+        return self.features.taylor_terms(tap, channels=self._channels(tap))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.features.labels
+
+    def _modules_of(self, kind) -> list[tuple[nn.Module, slice]]:
+        """Modules of type ``kind`` whose output axis carries the group, with its channel slice."""
+        modules = dict(self.model.named_modules())
+        found = []
+        for name in self.spec.producers(self.name):
+            if isinstance(modules.get(name), kind):
+                out = self.spec.modules[name].out
+                start = self.spec.offsets(out)[out.index(self.name)]
+                found.append((modules[name], slice(start, start + self.channels)))
+        return found
+
+    def writers(self) -> list[nn.Conv2d]:
+        """The convs writing the group (several for a residual stream)."""
+        return [conv for conv, _ in self._modules_of(nn.Conv2d)]
+
+    def batch_norms(self) -> list[tuple[nn.Module, slice]]:
+        """BatchNorm layers whose output carries the group, with the group's slice of their channels
+        (a dense layer's channels are normalised by each consumer's BN of the concatenation)."""
+        return self._modules_of((nn.BatchNorm1d, nn.BatchNorm2d))
 
 
 def score_groups(method: str, spec: ArchSpec, model: nn.Module, features=None,
                  params: dict | None = None, batch_size: int = 64) -> Scored:
-    """Scores of every prunable group for ``method`` (higher = more important).
+    """Scores of every prunable group for ``method`` (higher = more important), in process.
 
-    FP-FMC is not scored here: its K selection, clustering and sorting are separate rules
-    (see :mod:`fmprune.pipeline`).
+    The pipeline scores FP-FMC by its own cached rules (kselect → cluster → sort); this runs the
+    same steps in memory, for tests and benchmarks.
     """
-    module, params = get(method), dict(params or {})
-    check_params(method, params)
-    groups = spec.prunable_groups()
-    if method == "random":
-        return Scored({g: module.channel_scores(g, spec.groups[g].channels, **params) for g in groups})
-    if method == "l1":
-        return Scored({g: combine(group_l1(spec, model, g)) for g in groups})
-    if method == "fpfmc":
-        raise FmpruneError("fpfmc is scored by its kselect → cluster → sort rules")
-    if features is None:
+    module, params = get(method), resolved_params(method, params)
+    if reads(method) is not None and features is None:
         raise FmpruneError(f"method {method} needs a feature file")
+    scored = Scored({}, {})
+    for group in spec.prunable_groups():
+        inputs = GroupInputs(group, spec, model, tap_kind(method), features, batch_size)
+        scored.scores[group] = np.asarray(module.score(inputs, **params), dtype=np.float64)
+        for key, value in inputs.extra.items():
+            scored.extra.setdefault(key, {})[group] = value
+    return scored
 
-    def tap_batches(group: str, tap: str, images: int | None = None):
-        if getattr(module, "NEEDS_FLOAT32", False) and features.dtype(tap) == np.float16:
-            raise FmpruneError(f"{method} refuses float16 taps ({tap}): extract with features.dtype: float32")
-        channels = spec.groups[group].tap_slices.get(tap)
-        return features.batches(tap, batch_size, images=images, channels=channels)
 
-    taps = {g: spec.groups[g].taps[module.TAP] for g in groups}
-    if method == "rgd":
-        p = {**RGD_DEFAULTS, **params}
-        similarity = {
-            g: rgd.group_similarity([rgd.similarity(tap_batches(g, t, p["images"]), hash_size=p["hash_size"])
-                                     for t in taps[g]])
-            for g in groups
-        }
-        norms = {g: np.sum(group_l1(spec, model, g), axis=0) for g in groups}
-        scores = {g: rgd.ranking_scores(rgd.decompose(similarity[g], norms[g], p["threshold"])[1], norms[g])
-                  for g in groups}
-        return Scored(scores, {"similarity": similarity, "l1": norms})
-    if method == "cdp":
-        coe, documents = params.get("coe", 0.0), params.get("documents", "image")
-        labels = features.labels if documents == "class" else None
-        return Scored({
-            g: combine([cdp.tfidf_scores(cdp.document_activations(tap_batches(g, t), labels=labels,
-                                                                  documents=documents), coe=coe)
-                        for t in taps[g]])
-            for g in groups
-        })
-    return Scored({g: combine([module.channel_scores(tap_batches(g, t), **params) for t in taps[g]]) for g in groups})
+# Last: the method modules import the helpers above from this package.
+METHODS: dict[str, object] = _discover()
+ORDER = _order()

@@ -31,11 +31,15 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import NativeForm, combine
 from .params import number, one_of
 from .streaming import checked_maps
 
-TAP = "conv"
+READS = "conv"
 PARAMS = {"coe": number(minimum=0.0), "documents": one_of("image", "class")}  # with their checks
+# The plan key ``sparsity``: the global fraction of channels removed (``select_global``).
+NATIVE_FORM = NativeForm("sparsity", low=0.0, high=0.999, higher_prunes_more=True)
+PAPER_MACS = "macs"  # the CDP paper counts conv + linear MACs (METHODS.md, "Counting cost")
 
 #: Activations within ``TIE_RTOL * max_n |a[c, n]|`` of their row mean count as equal to it.
 TIE_RTOL = 1e-12
@@ -114,6 +118,12 @@ def tfidf_scores(a, *, coe: float = 0.0) -> np.ndarray:
     return tf_c * idf_c
 
 
+def score(group, *, coe: float = 0.0, documents: str = "image") -> np.ndarray:
+    labels = group.labels if documents == "class" else None
+    return combine([tfidf_scores(document_activations(group.maps(tap), labels=labels, documents=documents), coe=coe)
+                    for tap in group.taps])
+
+
 def select_global(
     scores_per_group: dict[str, np.ndarray],
     sparsity: float,
@@ -147,3 +157,8 @@ def select_global(
             kept[best[:missing]] = True
         result[name] = np.flatnonzero(kept).astype(np.int64)
     return result
+
+
+def native_kept(scores: dict[str, np.ndarray], extra: dict, sparsity: float, min_channels: int = 1):
+    """The plan form ``sparsity``: :func:`select_global` of all groups' scores."""
+    return select_global(scores, sparsity, min_channels=min_channels)

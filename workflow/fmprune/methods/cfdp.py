@@ -44,11 +44,12 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from . import combine
 from .dct import dct_matrix
 from .streaming import checked_maps
 from .params import integer, number
 
-TAP = "act"
+READS = "act"
 PARAMS = {"block": integer(1), "sigma": number(minimum=0.0), "alpha": number(minimum=0.0)}  # with their checks
 
 #: Entries of M within ``TIE_RTOL * ||F||_F`` of mean(M) count as equal to it (not above).
@@ -112,3 +113,7 @@ def channel_scores(
         total += score.sum(dim=0)
         n_images += b
     return (total / n_images).numpy()
+
+
+def score(group, *, block: int = 2, sigma: float = 10.0, alpha: float = 0.03) -> np.ndarray:
+    return combine([channel_scores(group.maps(tap), block=block, sigma=sigma, alpha=alpha) for tap in group.taps])

@@ -22,9 +22,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from . import combine
 from .streaming import checked_maps
 
-TAP = "act"
+READS = "act"
 
 _BAND_FORMS = "'all', 'low:K' (K a positive integer) or 'zigzag:P' (0 < P <= 1)"
 
@@ -71,7 +72,7 @@ def parse_band(band: str) -> tuple[str, float]:
     raise ValueError(f"band must be {_BAND_FORMS}; got {band!r}")
 
 
-PARAMS = {"band": parse_band}  # keyword arguments of channel_scores, with their checks (see .params)
+PARAMS = {"band": parse_band}  # keyword arguments of score, with their checks (see .params)
 
 
 def band_mask(kind: str, value: float, h: int, w: int) -> np.ndarray:
@@ -109,3 +110,7 @@ def channel_scores(batches: Iterable[torch.Tensor], *, band: str = "all") -> np.
         total += energy.sum(dim=0)
         n_images += x.shape[0]
     return (total / n_images).numpy()
+
+
+def score(group, *, band: str = "all") -> np.ndarray:
+    return combine([channel_scores(group.maps(tap), band=band) for tap in group.taps])

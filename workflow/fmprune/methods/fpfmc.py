@@ -9,9 +9,12 @@ Snakemake rules per tap, each backed by one function of this module:
 ``sort``     ``redundancy_index(labels)`` -> RI [C]; ``keep_order(ri)`` /
              ``channel_scores_from_ri(ri)``.
 
+Those rules are the pipeline's cached path (a K file can be inspected and reused); ``score``
+runs the same steps in memory, one group at a time, for tests and benchmarks.
+
 Coupled groups (a residual stream written by several convs): each member tap is embedded and
-clustered on its own; the caller sums the members' RI vectors (METHODS.md, "Conventions") and
-then ranks the sum with ``keep_order`` or ``channel_scores_from_ri``.
+clustered on its own; the members' RI vectors are summed (METHODS.md, "Conventions") and the
+sum is ranked with ``keep_order`` or ``channel_scores_from_ri``.
 
 What is computed, and every choice made where the specification leaves room
 --------------------------------------------------------------------------------------------
@@ -92,7 +95,16 @@ Redundancy index (``redundancy_index``)
     METHODS.md's "RI = sum over all pairs" literally. Only true outliers are charged: the
     reference code charges the first cluster of image a as if it were the outlier group even
     when image a has no outliers; that bug is not reproduced. If image b has no real
-    cluster, the pair adds nothing for X. Vectorised: with one-hot label matrices the counts
+    cluster, the pair adds nothing for X.
+
+    b's outliers never form a candidate Y. This departs from the reference, whose candidates
+    are b's members of each label occurring in a, so that whenever a has outliers, b's
+    outliers are one more "cluster" X can match. Kept on purpose: an outlier is a map that
+    belongs to no cluster (the 1.5×IQR rule removes it before KMeans, and the paper clusters
+    the inliers only), so b's outliers, scattered over the embedding, are not a group of
+    similar maps; letting them match would reward filters of X with redundancy for being
+    isolated in b, the opposite of the charge an outlier gets in a, and would make the
+    candidate set of b depend on whether a happens to have outliers. Vectorised: with one-hot label matrices the counts
     |X ∩ Y| for all (X, Y) are one matrix product [K_a × C]·[C × N·K]; a filter f of cluster
     X gets |X ∩ Y_b(f)| whenever that count equals the row maximum m, because f ∈ Z exactly
     when its own cluster in b attains m.
@@ -117,10 +129,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import paths
 from .params import integer
 
 __all__ = [
-    "TAP",
+    "READS",
+    "score",
     "normalize_maps",
     "tsne_exact",
     "iqr_inliers",
@@ -135,8 +149,10 @@ __all__ = [
     "channel_scores_from_ri",
 ]
 
-TAP = "act"
-PARAMS = {"images": integer(1), "seed": integer(0)}  # of the kselect → cluster → sort rules, with their checks
+READS = "act"
+PARAMS = {"images": integer(1), "seed": integer(0)}  # of score and the three rules, with their checks
+# The pipeline scores FP-FMC by its own rules (kselect → cluster → sort), whose logs these are.
+RULE_LOGS = (paths.FPFMC_KSELECT_LOG, paths.FPFMC_CLUSTER_LOG, paths.FPFMC_SORT_LOG)
 
 # t-SNE parameters (sklearn TSNE defaults, perplexity from the paper).
 PERPLEXITY = 1.0
@@ -648,3 +664,17 @@ def keep_order(ri: np.ndarray) -> np.ndarray:
 def channel_scores_from_ri(ri: np.ndarray) -> np.ndarray:
     """Scores for the generic "higher score kept" ranking: −RI as float64."""
     return -np.asarray(ri, dtype=np.float64)
+
+
+def score(group, *, images: int = 128, seed: int = 0) -> np.ndarray:
+    """The three rules' steps in memory (one worker): −(RI summed over the group's taps); the RI
+    goes to ``group.extra`` as the ``sort`` rule saves it."""
+    import torch
+
+    ri = 0
+    for tap in group.taps:
+        coords, inlier = embed(torch.cat(list(group.maps(tap, images))), seed=seed, workers=1)
+        k, _ = select_k(coords, inlier, seed=seed, workers=1)
+        ri = ri + redundancy_index(cluster(coords, inlier, k, seed=seed))
+    group.extra["redundancy_index"] = ri
+    return channel_scores_from_ri(ri)

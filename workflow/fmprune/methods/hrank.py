@@ -3,6 +3,8 @@
 Score of a channel = mean over the sample of ``torch.linalg.matrix_rank`` of each H×W map, with
 torch's default tolerance σ_max·max(H, W)·eps of the map's dtype. Unlike HRank v1, which scored
 each layer on a fresh augmented sample, the pipeline scores every layer on one fixed sample.
+The rank tolerance (~1e-6 relative in float32) is far below float16 rounding, so float16 taps
+are refused: at config validation (``check_setting``) and again when scoring.
 """
 from __future__ import annotations
 
@@ -12,10 +14,17 @@ import numpy as np
 import torch
 
 from .. import FmpruneError
+from . import combine
+from .params import ParamError
 
-TAP = "act"
-PARAMS: dict = {}  # keyword arguments of channel_scores, with their checks (see .params)
-NEEDS_FLOAT32 = True  # the rank tolerance (~1e-6 relative) is far below float16 rounding
+READS = "act"
+PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
+
+
+def check_setting(setting) -> None:
+    if setting.dtype == "float16":
+        raise ParamError("features.dtype", f"hrank (listed at {setting.methods_key}) refuses float16 taps: its "
+                                           f"rank tolerance is below float16 rounding; use float32")
 
 
 def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
@@ -27,3 +36,10 @@ def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
     if not n:
         raise FmpruneError("hrank: no feature maps to score")
     return (total / n).numpy()
+
+
+def score(group) -> np.ndarray:
+    for tap in group.taps:
+        if group.tap_dtype(tap) == np.float16:
+            raise FmpruneError(f"hrank refuses float16 taps ({tap}): extract with features.dtype: float32")
+    return combine([channel_scores(group.maps(tap)) for tap in group.taps])

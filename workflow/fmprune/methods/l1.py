@@ -8,10 +8,16 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-TAP = None
-PARAMS: dict = {}  # keyword arguments of the scorer, with their checks (see .params)
+from . import combine
+
+READS = "weights"
+PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
 
 
 def filter_norms(conv: nn.Conv2d) -> np.ndarray:
     """L1 norm of each output filter of ``conv``."""
     return conv.weight.detach().abs().flatten(1).sum(1).double().numpy()
+
+
+def score(group) -> np.ndarray:
+    return combine([filter_norms(conv) for conv in group.writers()])

@@ -12,7 +12,8 @@ from .. import FmpruneError
 
 
 class ParamError(FmpruneError):
-    """A bad ``method_params`` entry; ``where`` is its key, e.g. ``method_params.cfdp.block``."""
+    """A config entry a method refuses; ``where`` is its key, e.g. ``method_params.cfdp.block``
+    (a bad parameter) or ``features.dtype`` (a module's ``check_setting``)."""
 
     def __init__(self, where: str, why: str):
         super().__init__(f"{where}: {why}")

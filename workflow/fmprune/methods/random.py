@@ -10,10 +10,14 @@ import numpy as np
 
 from .params import integer
 
-TAP = None
-PARAMS = {"seed": integer(0)}  # keyword arguments of channel_scores, with their checks
+READS = "weights"  # nothing, in fact: the scores depend on the group's name and width only
+PARAMS = {"seed": integer(0)}  # keyword arguments of score, with their checks
 
 
 def channel_scores(group: str, channels: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
     return rng.random(channels)
+
+
+def score(group, *, seed: int = 0) -> np.ndarray:
+    return channel_scores(group.name, group.channels, seed)

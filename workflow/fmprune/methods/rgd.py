@@ -66,14 +66,15 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from . import NativeForm
+from .l1 import filter_norms
 from .params import integer, number
 from .streaming import checked_maps
 
-__all__ = ["TAP", "similarity", "decompose", "ranking_scores", "group_similarity"]
-
-TAP = "conv"
-# keyword arguments of the scorer (methods.score_groups), with their checks
-PARAMS = {"hash_size": integer(1), "images": integer(1), "threshold": number(0.0, 1.0)}
+READS = "conv"
+PARAMS = {"hash_size": integer(1), "images": integer(1), "threshold": number(0.0, 1.0)}  # of score, with checks
+# The plan key ``threshold``: every group's decomposition at one similarity threshold (lower prunes more).
+NATIVE_FORM = NativeForm("threshold", low=0.0, high=1.0, higher_prunes_more=False)
 
 # Images of one batch transformed / compared at a time are capped so that the float64 copy of
 # the chunk stays at most this many elements (32 MiB), bounding memory beyond the input batch.
@@ -269,3 +270,18 @@ def group_similarity(similarities: Sequence[np.ndarray]) -> np.ndarray:
         if m.shape != shape:
             raise ValueError(f"member similarity shapes differ: {shape} vs {m.shape}")
     return np.mean(np.stack(mats), axis=0)
+
+
+def score(group, *, hash_size: int = 8, images: int = 128, threshold: float = 0.7) -> np.ndarray:
+    """Ranking scores of a group's decomposition at ``threshold`` (see ``ranking_scores``); the
+    group's similarity and summed L1 norms go to ``group.extra`` for the native plan form."""
+    sim = group_similarity([similarity(group.maps(tap, images), hash_size=hash_size) for tap in group.taps])
+    norms = np.sum([filter_norms(conv) for conv in group.writers()], axis=0)
+    group.extra.update(similarity=sim, l1=norms)
+    return ranking_scores(decompose(sim, norms, threshold)[1], norms)
+
+
+def native_kept(scores: dict[str, np.ndarray], extra: dict, threshold: float, min_channels: int = 1):
+    """The plan form ``threshold``: each group's kept set of ``decompose`` (``min_channels`` is
+    CDP's; a decomposition always keeps at least one filter)."""
+    return {g: decompose(sim, extra["l1"][g], threshold)[0] for g, sim in extra["similarity"].items()}

@@ -60,6 +60,9 @@ class ArchSpec:
     groups: dict[str, ChannelGroup]
     modules: dict[str, ModuleIO]
     rate_layout: tuple[RateEntry, ...]
+    # Ops a trace could not follow, in the order the forward pass met them (their channels are
+    # kept whole); the first is what ``fmprune check`` names.
+    unsupported: tuple[str, ...] = ()
 
     def offsets(self, names: tuple[str, ...]) -> list[int]:
         """Start offset of each named group inside their concatenation."""

@@ -223,6 +223,7 @@ class _ChannelInterpreter(torch.fx.Interpreter):
         self.calls: Counter[str] = Counter()
         self.shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
         self.chunks: list[tuple[str, list[tuple[int, ...]]]] = []  # (reason, atoms of each piece)
+        self.unsupported: list[str] = []  # reasons of the ops not followed, in execution order
 
     # -- driving ---------------------------------------------------------------------------
     def run_node(self, node: torch.fx.Node):
@@ -233,6 +234,7 @@ class _ChannelInterpreter(torch.fx.Interpreter):
             layout = self._layout(node, value)
         except _Unsupported as exc:
             reason = f"unsupported {self._what(node)}: {exc}"
+            self.unsupported.append(reason)
             self.atoms.mark(self._input_atoms(node), reason)
             layout = self._opaque(value, node.name, reason)
         self.layouts[node] = layout
@@ -576,7 +578,7 @@ def trace(model: nn.Module, example: torch.Tensor, arch: str = "traced") -> Arch
         with torch.no_grad():
             try:
                 interp.run(example)
-            except RuntimeError as exc:
+            except Exception as exc:  # the model's own code (its shape assertions too): one line, whatever it raises
                 shape = "×".join(map(str, example.shape))
                 raise FmpruneError(f"{arch}: the forward pass fails on a {shape} input: {str(exc).splitlines()[0]}") from None
     finally:
@@ -656,4 +658,4 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         groups["input"] = ChannelGroup("input", atoms.size[next(iter(input_roots))], prunable=False,
                                        reason="the model's input")
     layout = tuple(RateEntry(g, g) for g, spec in groups.items() if spec.prunable)
-    return ArchSpec(arch, groups, io, layout)
+    return ArchSpec(arch, groups, io, layout, tuple(interp.unsupported))
