@@ -10,9 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FMPRUNE_SHARED", REPO.parent / "shared"))
+
+
+def snakemake_command(workdir: Path, cfg: dict) -> list[str]:
+    """The workflow on ``cfg`` (written to workdir/c.yaml) in ``workdir``, on 2 cores at one
+    thread a job: the small jobs of the end-to-end tests are start-up bound, so two at a time
+    finish sooner than one job with two threads."""
+    (workdir / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return [sys.executable, "-m", "snakemake", "--cores", "2", "--max-threads", "1", "--configfile",
+            str(workdir / "c.yaml"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
 
 
 def shared_file(*parts: str) -> Path:

@@ -2,12 +2,13 @@
 pairs, two methods (a feature-map one and a weights-only one), one epoch everywhere."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from .conftest import snakemake_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,9 +24,7 @@ def test_saliency_demo_chain_runs_end_to_end(tmp_path):
     cfg["evaluation"]["bn_images"] = 16
     for recipe in cfg["recipes"].values():
         recipe["epochs"] = 1
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
-           "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    cmd = snakemake_command(tmp_path, cfg)
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results/u2netp"

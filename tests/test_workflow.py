@@ -1,12 +1,13 @@
 """The whole chain through Snakemake on a tiny version of the embedded default."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from .conftest import snakemake_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,9 +25,7 @@ def test_snakemake_runs_the_chain_end_to_end(tmp_path):
     cfg["models"]["resnet20"]["plans"] = {"rates30": plans["rates30"], "cdp-sparsity40": plans["cdp-sparsity40"]}
     # The equal-cost comparison at one target: eq50 for every method, native50 for CDP.
     cfg["models"]["resnet20"]["compare"] = {"targets": [0.5], "seeds": [0, 1]}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
-           "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    cmd = snakemake_command(tmp_path, cfg)
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     acc = json.loads((tmp_path / "results/resnet20/hrank/acc.json").read_text())

@@ -4,11 +4,12 @@ target; FP-FMC, whose K selection takes minutes per MobileNetV2 layer of ~1000 c
 small model of the user's own file."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .conftest import snakemake_command
 
 REPO = Path(__file__).resolve().parent.parent
 # each method at one plan form (CDP and RGD bisect their own knob to the MAC target)
@@ -32,9 +33,7 @@ def test_every_method_prunes_traced_models_end_to_end(tmp_path):
     cfg["method_params"] = {"fpfmc": {"images": 4}, "rgd": {"images": 8}}
     cfg["features"]["samples"] = 16
     cfg["evaluation"]["bn_images"] = 16
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(tmp_path / "c.yaml"),
-           "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
+    cmd = snakemake_command(tmp_path, cfg)
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / "results"
