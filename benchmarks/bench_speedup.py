@@ -22,6 +22,8 @@ How to run (from the repository root)::
 
     .venv/bin/python benchmarks/bench_speedup.py            # full: 3 cuts × 2 roundings × 5 runtimes
     .venv/bin/python benchmarks/bench_speedup.py --cuts 0.5 --runtimes eager onnxruntime --repeats 2   # smoke
+    .venv/bin/python benchmarks/bench_speedup.py --archs torchvision/resnet18 torchvision/mobilenet_v2 \
+        --size 112 --batch 16 --out results/bench/speedup-torchvision.md   # traced models, at a CPU-sized side
 
 Writes results/bench/speedup.md (and .json beside it).
 """
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # ``benchmarks.common`` when run as a script
 
 from benchmarks.common import machine, markdown_table, write_report  # noqa: E402
 from fmprune.export import RUNTIMES, runtime_speeds  # noqa: E402
-from fmprune.models import build, input_size  # noqa: E402
+from fmprune.models import build, input_size, is_traced, register  # noqa: E402
 from fmprune.plan import macs_of, plan_kept  # noqa: E402
 from fmprune.surgery import pruned_copy  # noqa: E402
 
@@ -125,6 +127,8 @@ def main(argv=None) -> None:
                         help="architectures (e.g. torchvision/resnet18 torchvision/mobilenet_v2)")
     parser.add_argument("--cuts", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="MAC reductions")
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--size", type=int, help="input side of the traced (torchvision/…) architectures, "
+                        "counted and timed at it (default: theirs, 224); hand-declared ones keep their papers' side")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads, pinned while timing")
     parser.add_argument("--batch", type=int, default=64, help="batch of the throughput figure")
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per figure")
@@ -132,10 +136,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results/bench/speedup.md")
     args = parser.parse_args(argv)
     host = machine()
+    for arch in args.archs:
+        if args.size and is_traced(arch):
+            register(arch, input_size=args.size)
     rows = [row for arch in args.archs for row in measure_arch(arch, args)]
     report = "\n\n".join([
         "# Measured speed-up of pruned models against their MAC reduction",
         f"{host}; timed at {args.threads} pinned threads on the CPU, throughput at batch {args.batch}, "
+        f"inputs of side {', '.join(f'{input_size(a)} ({a})' for a in args.archs)}, "
         f"medians of {args.repeats} passes after {args.warmup} warm-up passes (IQR beside them); seeded random "
         "weights; `target_reduction` plans (equal widths), with and without `round_to: 8`.",
         table(rows, args.batch),

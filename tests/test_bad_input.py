@@ -142,6 +142,7 @@ CONFIG_CASES = {
     "unknown parameter": (_set("method_params.hrank.tolerance", 1e-3), "unknown parameter 'tolerance'"),
     "unknown method's parameters": (_set("method_params.magic", {}), "unknown method 'magic'"),
     "hrank with float16 taps": (_set("features.dtype", "float16"), "features.dtype"),
+    "unknown runtime": (_set("runtimes", ["bogus"]), "runtimes.0"),
 }
 
 
@@ -281,6 +282,14 @@ def test_bad_model_file(capsys, tmp_path, made, kind, expected):
     out = tmp_path / "scores.npz"
     expect_error(capsys, ["score", "--config", made.config, "--model", MODEL, "--method", "l1", "--model-file",
                           model_file, "--out", out], out, str(model_file), expected)
+
+
+def test_bad_model_file_to_export(capsys, tmp_path, made):
+    model_file = tmp_path / "model.pt"
+    _model_file("truncated", made, model_file)
+    out = tmp_path / "export" / "export.json"
+    expect_error(capsys, ["export", "--model-file", model_file, "--out-dir", out.parent], out, str(model_file),
+                 "truncated or not a PyTorch file")
 
 
 # --- image folders and archives ----------------------------------------------------------------

@@ -84,6 +84,23 @@ def test_table_numbers_series_and_order(results):
     assert pd.read_csv(out / "table.csv").shape == table.shape
 
 
+def test_runtime_figures_are_columns_where_some_run_has_them(results):
+    """Each runtime of the config's ``runtimes`` is a latency and a throughput column (medians
+    over seeds); a runtime that failed or was not timed has none."""
+    acc, plans, base, out = results
+    runtimes = {"onnxruntime": {"latency_ms_b1": 0.5, "throughput_ips": 4000.0}, "compile": {"error": "no compiler"}}
+    for path in acc:
+        report = json.loads(path.read_text())
+        if report["method"] == "hrank" and report["plan"] == "eq30":
+            _write(path, {**report, "runtimes": runtimes})
+    table = compare(acc, plans, base, out)
+    hrank = table[(table["method"] == "hrank") & (table["target_pct"] == 30.0)].iloc[0]
+    assert hrank["throughput_ips_onnxruntime"] == 4000.0 and hrank["latency_ms_b1_onnxruntime"] == 0.5
+    assert table["throughput_ips_onnxruntime"].notna().sum() == 1
+    assert not [c for c in table if c.endswith(("_compile", "_torchscript"))]
+    assert "throughput_ips_onnxruntime" in (out / "table.md").read_text()
+
+
 def test_markdown_shows_mean_and_std(results):
     acc, plans, base, out = results
     compare(acc, plans, base, out)

@@ -99,3 +99,19 @@ def test_the_config_opts_in_to_runtime_figures(pruned, monkeypatch):
     cfg["runtimes"] = ["eager", "tensorrt"]
     with pytest.raises(cfglib.ConfigError, match=r"^config error at runtimes\.1: 'tensorrt' is not one of \["):
         cfglib.validate(cfg)
+
+
+def test_fine_tuning_reuses_the_pruned_models_timings_only_on_the_same_device():
+    """Fine-tuning changes weights, not widths: its timings are the prune report's when both jobs
+    ran on the same device and thread count, and measured afresh otherwise."""
+    import torch
+
+    from fmprune.latency import device_name
+    from fmprune.pipeline import _reused_speed
+
+    here = device_name(torch.device("cpu"))
+    report = {"top1": 50.0, "latency_ms_b1": 1.5, "latency_ms_b1_iqr": 0.1, "throughput_ips": 800.0,
+              "throughput_batch": 64, "latency_device": here, "runtimes": {"eager": {"latency_ms_b1": 1.5}}}
+    assert _reused_speed(report, torch.device("cpu")) == {k: v for k, v in report.items() if k != "top1"}
+    assert _reused_speed({**report, "latency_device": "NVIDIA H200"}, torch.device("cpu")) is None
+    assert _reused_speed({"top1": 50.0}, torch.device("cpu")) is None

@@ -38,4 +38,4 @@ def test_extraction_stores_every_tap_and_matches_a_direct_forward(tmp_path):
         assert np.array_equal(ff.labels, y.numpy())
     with h5py.File(tmp_path / "f.h5") as h5:
         assert np.array_equal(h5["sample_indices"][()], idx)
-        assert h5["taps/layer1.0.relu1"].chunks[1] == 1  # chunked one channel at a time
+        assert h5["taps/layer1.0.relu1"].chunks == (4, 16, 32, 32)  # whole images, as many as a batch writes

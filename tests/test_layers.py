@@ -1,14 +1,19 @@
 """Layer rules (prune / mask / MACs) for every supported layer type, on a model that uses them all."""
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmprune import FmpruneError
-from fmprune.check import check_model
+from fmprune.check import check_model, expected_sizes
 from fmprune.counting import module_macs
 from fmprune.layers import rule_for
+from fmprune.models.spec import TensorIO
 from fmprune.models.trace import trace
+from fmprune.surgery import mask_, pruned_copy
 
 
 class EveryLayer(nn.Module):
@@ -122,3 +127,83 @@ def test_grouped_convs_keep_the_channels_they_read_and_write_whole():
     reasons = {g: spec.groups[g].reason for g in ("reduce", "grouped", "mid", "mult")}
     assert reasons == {"reduce": "grouped conv grouped (groups=4)", "grouped": "grouped conv grouped (groups=4)",
                        "mid": "grouped conv mult (groups=6)", "mult": "grouped conv mult (groups=6)"}
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt's block: a depthwise conv and a channels-last MLP, scaled by a bare parameter
+    [C, 1, 1] before joining the stream; then a buffer [1, C, 1, 1] shifts a conv's output and
+    a scalar parameter scales it (no channel to cut)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw1, self.pw2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.gamma, self.temperature = nn.Parameter(torch.randn(8, 1, 1)), nn.Parameter(torch.tensor(2.0))
+        self.register_buffer("shift", torch.randn(1, 6, 1, 1))
+        self.mid, self.head = nn.Conv2d(8, 6, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        s = s + self.gamma * self.pw2(F.gelu(self.pw1(self.dw(s).permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+        return self.head(F.relu(self.mid(s) - self.shift) * self.temperature).mean((2, 3))
+
+
+def test_a_bare_parameter_follows_the_channels_it_scales():
+    ok, line = check_model(LayerScale(), "layer-scale", 8)
+    assert ok and line.startswith("ok layer-scale;"), line
+    model, x = LayerScale().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    spec = trace(model, x, "layer-scale")
+    assert spec.prunable_groups() == ["stem", "mid"]
+    assert spec.groups["pw1"].reason == "no module's own [N, C, H, W] output carries it to tap"
+    assert spec.tensors == {"gamma": TensorIO(("stem",), 0), "shift": TensorIO(("mid",), 1)}
+    # the MLP's hidden channels lack only a map to tap: cut channels-last, they prune to their masked twin too
+    spec = replace(spec, groups={**spec.groups, "pw1": replace(spec.groups["pw1"], prunable=True, reason="")})
+    stem, hidden, mid = torch.tensor([0, 2, 3, 5, 7]), torch.tensor([1, 2, 3, 5, 8, 13]), torch.tensor([1, 4])
+    kept = {"stem": stem, "pw1": hidden, "mid": mid}
+    pruned, masked = pruned_copy(model, kept, spec), mask_(copy.deepcopy(model), kept, spec)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked(x), rtol=0, atol=1e-12)
+    assert isinstance(pruned.gamma, nn.Parameter) and pruned.gamma.requires_grad
+    assert torch.equal(pruned.gamma, model.gamma[stem]) and torch.equal(pruned.shift, model.shift[:, mid])
+    assert "shift" in dict(pruned.named_buffers())
+    # stem 3·9·5 + 5, dw 5·9 + 5, pw1 5·6 + 6, pw2 6·5 + 5, gamma 5, temperature 1, mid 5·2 + 2, head 2·4 + 4
+    params = sum(p.numel() for p in pruned.parameters())
+    assert params == 140 + 50 + 36 + 35 + 5 + 1 + 12 + 12
+    assert expected_sizes(model, spec, kept, 8) == (params, sum(module_macs(pruned, 8).values()))  # masking agrees
+
+
+class Rescaled(nn.Module):
+    """A conv's output combined with a bare parameter ``scale`` in one of several ways."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4 * 36, 2)
+        self.scale = nn.Parameter(torch.rand(4 * 36 if how == "flattened" else (4, 1, 1)) + 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        if self.how == "scaled":
+            y = y * self.scale
+        elif self.how == "divided":
+            y = y / self.scale
+        elif self.how == "read twice":
+            y = y * self.scale + self.scale.mean()
+        y = torch.flatten(y, 1)
+        return self.head(y * self.scale if self.how == "flattened" else y)
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("scaled", ""),
+    ("divided", "operator.truediv in the model's forward divides by or into parameter scale, so a silenced "
+                "channel would divide by zero"),
+    ("read twice", "parameter scale is read by 2 ops, not all following the same channels"),
+    ("flattened", "unsupported operator.mul in the model's forward: combines them with parameter scale, whose "
+                  "channels fmprune cannot cut"),  # each channel's 36 entries: a shape no rule cuts
+])
+def test_a_bare_parameter_follows_channels_or_keeps_them_whole(how, reason):
+    ok, line = check_model(Rescaled(how), "rescaled", 8)
+    verdict = f"unsupported rescaled: {reason} (its" if reason.startswith("unsupported") else "ok rescaled; "
+    assert ok and line.startswith(verdict), line
+    conv = trace(Rescaled(how).eval(), torch.randn(2, 3, 8, 8), "rescaled").groups["conv"]
+    assert (conv.prunable, conv.reason) == (not reason, reason)

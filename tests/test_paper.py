@@ -127,7 +127,9 @@ def test_paper_table_with_nothing_run_then_with_results(tmp_path):
     run = tmp_path / "resnet56" / "cfdp" / "cfdp-r018"
     (run / "seed0").mkdir(parents=True)
     (run / "seed0" / "acc.json").write_text(json.dumps({"top1": 93.0, "top1_best": 93.5, "top5": 99.0,
-                                                        "latency_ms_b1": 2.0, "throughput_ips": 900.0}))
+                                                        "latency_ms_b1": 2.0, "throughput_ips": 900.0,
+                                                        "runtimes": {"onnxruntime": {"latency_ms_b1": 1.0,
+                                                                                     "throughput_ips": 1800.0}}}))
     rgd = tmp_path / "resnet56" / "rgd" / "rgd-t0.75"
     rgd.mkdir(parents=True)
     from fmprune.models import build
@@ -139,10 +141,13 @@ def test_paper_table_with_nothing_run_then_with_results(tmp_path):
     df = tables.paper_table(cfg, tables.PAPER_RESULTS, tmp_path).set_index("plan")
     assert df.loc["cfdp-r018", "status"] == "partial 1/3" and df.loc["cfdp-r018", "top1_best"] == 93.5
     assert df.loc["cfdp-r018", "d_top1"] == pytest.approx(93.5 - 93.97)
+    assert df.loc["cfdp-r018", "throughput_ips_onnxruntime"] == 1800.0  # each runtime timed: its columns
     assert df.loc["rgd-t0.75", "status"].startswith("failed") and "plan.log" in df.loc["rgd-t0.75", "status"]
     assert isinstance(df.loc["rgd-t0.75", "params_red_pct"], float)
     tables.write_paper(df.reset_index(), tmp_path / "p.csv", tmp_path / "p.md")
-    assert "| HRankPlus" in (tmp_path / "p.md").read_text() and "nan" not in (tmp_path / "p.md").read_text()
+    md = (tmp_path / "p.md").read_text()
+    assert "| HRankPlus" in md and "nan" not in md and "throughput_ips_onnxruntime" in md
+    assert "throughput_ips_compile" not in md  # no row has it
 
 
 def test_paper_table_rule_runs_without_training_and_reruns_on_change(tmp_path):

@@ -1,7 +1,9 @@
 """The embedded saliency set: reproducible pairs, exact masks, varied objects that stand out."""
 import numpy as np
+import pytest
 
-from fmprune.synthetic_saliency import generate, pair
+from fmprune import synthetic_saliency
+from fmprune.synthetic_saliency import generate, generate_cached, pair
 
 
 def test_pairs_are_reproducible_and_independent_of_the_count():
@@ -25,3 +27,25 @@ def test_masks_are_exact_and_objects_vary_and_stand_out():
     # textured: neither backgrounds nor objects are flat
     assert np.median([im[:, m].std(axis=1).mean() for im, m in zip(images, masks > 0)]) > 5
     assert np.median([im[:, ~m].std(axis=1).mean() for im, m in zip(images, masks > 0)]) > 5
+
+
+def test_the_cache_serves_the_generated_pairs_and_regenerates_a_damaged_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMPRUNE_CACHE", str(tmp_path))
+    images, masks = generate_cached(6, size=32, seed=1)
+    fresh = generate(6, size=32, seed=1)
+    assert np.array_equal(images, fresh[0]) and np.array_equal(masks, fresh[1])
+    [stored] = (tmp_path / "synthetic-saliency").iterdir()
+    assert stored.name.startswith("6-32-1-")  # count, size, seed, then the generator's source hash
+
+    def no_generation(*args):
+        raise AssertionError("generated again")
+
+    with monkeypatch.context() as m:
+        m.setattr(synthetic_saliency, "generate", no_generation)
+        again = generate_cached(6, size=32, seed=1)
+    assert np.array_equal(again[0], images)
+    stored.write_bytes(stored.read_bytes()[:100])  # a damaged file is generated afresh and replaced
+    assert np.array_equal(generate_cached(6, size=32, seed=1)[1], masks)
+    with pytest.raises(AssertionError, match="generated again"):
+        monkeypatch.setattr(synthetic_saliency, "generate", no_generation)
+        generate_cached(7, size=32, seed=1)  # another count is another file

@@ -105,6 +105,7 @@ def layout(arch: str, size: int | None = None) -> list[str]:
 
     def described(g: str) -> str:
         modules = [m for m, io in spec.modules.items() if g in io.out or g in io.inp]
+        modules += [t for t, tensor in spec.tensors.items() if g in tensor.groups]
         return f"{g} ({spec.groups[g].channels} channels: {', '.join(modules)})"
 
     lines = []

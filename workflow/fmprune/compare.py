@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from scipy.stats import hypergeom
 
 from . import FmpruneError
+from .export import RUNTIME_COLUMNS, runtime_columns
 from .io import atomic_path, atomic_write_text, read_json
 from .methods import ORDER as METHOD_ORDER
 from .models import spec_of
@@ -30,8 +31,9 @@ EQUAL, NATIVE = "equal widths", "native"
 SERIES_ORDER = (EQUAL, NATIVE)
 # The task's figures (Task.compared: acc.json key -> column) are averaged over seeds and shown
 # as mean ± std; speeds are medians over seeds.
-SPEEDS = ("latency_ms_b1", "throughput_ips")
-OPTIONAL = ("top1_flagged", "before_ft_bn", "latency_ms_b1", "throughput_ips", "knob")
+# (eager PyTorch, then per runtime of the config's ``runtimes``)
+SPEEDS = ("latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS)
+OPTIONAL = ("top1_flagged", "before_ft_bn", *SPEEDS, "knob")
 TABLE_LEGEND = (
     "before_ft = {what} of the pruned model before fine-tuning; before_ft_bn = the same after "
     "re-estimating BN statistics on training images; {what} columns are mean ± std over seeds, "
@@ -110,8 +112,7 @@ def _runs(acc_files: list[Path], baseline_macs: int, task: Task) -> pd.DataFrame
         rows.append({"series": series_of(acc["method"], definition), "target_pct": target_pct(definition, baseline_macs),
                      "method": acc["method"], "plan": acc["plan"], "seed": acc.get("seed"),
                      "macs": acc["macs"], "params": acc["params"],
-                     **{col: acc.get(key) for key, col in task.compared.items()},
-                     **{key: acc.get(key) for key in SPEEDS}})
+                     **{col: acc.get(key) for key, col in task.compared.items()}, **_speeds(acc)})
     return pd.DataFrame(rows)
 
 
@@ -147,9 +148,14 @@ def _baseline_row(baseline: dict, task: Task) -> dict:
     for key, col in task.compared.items():
         if key in task.metrics:  # the baseline has no before/best figures
             row.update(_mean_std(col, pd.Series([baseline.get(key)], dtype=float), task.digits))
-    for key in SPEEDS:
-        row[key] = _round(baseline.get(key))
+    row.update({key: _round(value) for key, value in _speeds(baseline).items()})
     return row
+
+
+def _speeds(report: dict) -> dict:
+    """A report's :data:`SPEEDS` (None where it has no figure)."""
+    speeds = {**report, **runtime_columns(report)}
+    return {key: speeds.get(key) for key in SPEEDS}
 
 
 def _cost(macs: float, params: float, baseline: dict) -> dict:

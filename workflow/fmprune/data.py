@@ -268,9 +268,9 @@ def saliency_crop(cfg: dict) -> int:
 def _saliency(cfg: dict):
     """A saliency set: the embedded synthetic pairs, or a DUTS-style folder of image–mask pairs."""
     if cfg["kind"] == "synthetic-saliency":
-        from .synthetic_saliency import generate
+        from .synthetic_saliency import generate_cached
 
-        images, masks = generate(cfg.get("count", 300), cfg.get("size", 64), cfg.get("seed", 0))
+        images, masks = generate_cached(cfg.get("count", 300), cfg.get("size", 64), cfg.get("seed", 0))
         order = np.random.default_rng(cfg["split_seed"]).permutation(len(masks))
         n_test = int(round(len(masks) * cfg["test_fraction"]))
         parts = [_MemoryPairs(images[ix], masks[ix]) for ix in (np.sort(order[n_test:]), np.sort(order[:n_test]))]

@@ -1,17 +1,33 @@
 """One forward pass over a fixed, seeded image sample writes every needed tap to one HDF5 file.
 
-Layout: ``taps/<module name>`` float32 (or float16) [N, C, H, W], chunked one channel at a
-time (each chunk Fletcher-32 checksummed) so a scorer can stream images or channels with
-bounded memory; ``sample_indices`` and (classification) ``sample_labels`` [N]; attributes ``arch``, ``model``,
-``model_sha256``, ``dataset``, ``sample_sha256`` (hash of the indices), ``seed`` and
-``tap_kinds`` (JSON: module -> kind). Only when a method reading ``act_grad`` (Taylor) is
+Layout: ``taps/<module name>`` float32 (or float16) [N, C, H, W] feature maps;
+``sample_indices`` and (classification) ``sample_labels`` [N]; attributes ``arch``, ``model``,
+``model_sha256``, ``dataset``, ``sample_sha256`` (hash of the indices), ``seed``, ``tap_kinds``
+(JSON: module -> kind) and ``statistics`` (JSON: method -> the parameters of its stored
+statistics; ``{}`` in maps mode). Only when a method reading ``act_grad`` (Taylor) is
 configured, one backward pass of the task's loss per batch also writes ``taylor/<module>``
 float64 [N, C]: per image and channel, the mean over positions of tap · ∂L/∂tap.
+
+With ``features.store: statistics`` (:func:`contents_for`), each method that declares its
+per-image reduction (the method contract's ``statistics``) gets
+``statistics/<method>/<group>/<tap>`` [N, C, ...] instead (bool statistics, RGD's hash bits,
+packed eight a byte, their count in the attribute ``bits``; ``maps_dtype``: the dtype the
+reduction saw), and ``taps/`` holds only the maps of methods without one (FP-FMC), of as many of
+the first images as they read.
+
+Every dataset is chunked by whole images, as many as divide the extraction batch within
+``CHUNK_BYTES`` (readers stream batches of images, all of a group's channels), each chunk
+Fletcher-32 checksummed. Writes run in a background thread, overlapping the next forward pass.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +39,8 @@ from tqdm import tqdm
 
 from . import FmpruneError
 from .io import atomic_path, describe
-from .methods import GRAD
+from .methods import GRAD, has_statistics, images_read, reads, statistics_params, tap_kind
+from .methods import get as get_method
 from .models import ArchSpec
 
 
@@ -67,20 +84,203 @@ def taylor_terms(outputs, y: torch.Tensor, loss, tapped: list[torch.Tensor]) -> 
             for z, g in zip(tapped, grads)]
 
 
+CHUNK_BYTES = 4 << 20  # target size of one HDF5 chunk
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One method's per-image reduction (its module's ``statistics``) of one group's channels of
+    a tap, computed during extraction and stored as ``statistics/<method>/<group>/<tap>``."""
+
+    method: str
+    params: dict  # the reduction's resolved parameters
+    group: str
+    tap: str
+    channels: tuple[int, int] | None  # the group's slice of the tap's channels (None: all)
+    images: int | None  # stored for the sample's first ``images`` images (None: all)
+
+    def __call__(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The statistics of a batch of the tap's maps [B, C, H, W] (laid out as a reader's batch)."""
+        x = fmap if self.channels is None else fmap[:, slice(*self.channels)]
+        return get_method(self.method).statistics(x.contiguous(), **self.params)
+
+    @property
+    def path(self) -> str:
+        return statistics_path(self.method, self.group, self.tap)
+
+
+def statistics_path(method: str, group: str, tap: str) -> str:
+    """Where ``method``'s statistics of ``group``'s channels of ``tap`` are stored."""
+    return f"statistics/{method}/{group}/{tap}"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What one extraction stores (``extract``'s arguments of the same names)."""
+
+    taps: dict[str, str]  # tap modules whose maps are stored -> kind
+    map_images: int | None  # maps are stored for the sample's first images only (None: all)
+    statistics: tuple[Statistic, ...]
+    taylor_taps: tuple[str, ...]
+
+
+def contents_for(spec: ArchSpec, method_params: dict[str, dict], store: str = "maps") -> Contents:
+    """What an extraction for the methods of ``method_params`` (method -> its parameters) stores:
+    with ``store="maps"`` every tap they read, for every image; with ``"statistics"`` each
+    method's per-image statistics where it declares its reduction (the method contract's
+    ``statistics``), and maps only of the taps the other methods read (FP-FMC's), for as many
+    of the sample's first images as they read (:func:`fmprune.methods.images_read`)."""
+    if store not in ("maps", "statistics"):
+        raise FmpruneError(f"features.store must be maps or statistics, not {store!r}")
+    methods = [m for m in method_params if reads(m) is not None]
+    taylor = taylor_taps_for(spec, {reads(m) for m in methods})
+    if store == "maps":
+        return Contents(taps_for(spec, {reads(m) for m in methods}), None, (), taylor)
+    by_maps = [m for m in methods if not has_statistics(m) and not reads(m).endswith(GRAD)]
+    images = [images_read(m, method_params[m]) for m in by_maps]
+    statistics = tuple(
+        Statistic(m, statistics_params(m, method_params[m]), group, tap, spec.groups[group].tap_slices.get(tap),
+                  images_read(m, method_params[m]))
+        for m in methods if has_statistics(m) for group, taps in spec.taps(tap_kind(m)).items() for tap in taps)
+    map_images = None if None in images or not images else max(images)
+    return Contents(taps_for(spec, {reads(m) for m in by_maps}), map_images, statistics, taylor)
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int, batch: int) -> tuple[int, ...]:
+    """Chunk shape of a dataset [N, ...] written ``batch`` images at a time and read by batches of
+    images: whole images, as many as divide ``batch`` within ``CHUNK_BYTES`` (so that a write
+    fills whole chunks and never reads one back); an image larger than that is split by channels."""
+    per_image = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    fitting = [k for k in range(1, batch + 1) if batch % k == 0 and k * per_image <= CHUNK_BYTES]
+    images = min(max(fitting, default=1), shape[0])
+    if images > 1 or per_image <= CHUNK_BYTES or len(shape) < 3:
+        return (images, *shape[1:])
+    per_channel = per_image // shape[1]
+    return (1, max(1, CHUNK_BYTES // per_channel), *shape[2:])
+
+
+def _packed_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [..., n] -> uint8 [..., ceil(n / 8)], eight bits a byte, the first the highest
+    (``numpy.unpackbits``'s order), on ``bits``' device."""
+    padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, -bits.shape[-1] % 8))
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=bits.device)
+    return (padded.unflatten(-1, (-1, 8)) * weights).sum(-1).to(torch.uint8)
+
+
+@dataclass
+class _Entry:
+    """One batch's rows of one dataset, on the host (or being copied there), waiting to be written."""
+
+    path: str
+    values: torch.Tensor  # on the CPU
+    rows: int  # the dataset's number of images
+    attrs: dict = field(default_factory=dict)
+
+
+def _host_entry(path: str, t: torch.Tensor, rows: int, dtype: torch.dtype | None = None, **attrs) -> _Entry:
+    """``t`` cast (or, when bool, bit-packed) on its own device, then copied once to the host:
+    from a CUDA device asynchronously, into pinned memory (the writer waits for the copy)."""
+    t = t.detach()
+    if t.dtype == torch.bool:
+        attrs["bits"] = t.shape[-1]
+        t = _packed_bits(t)
+    elif dtype is not None:
+        t = t.to(dtype)
+    if t.is_cuda:
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return _Entry(path, host.copy_(t, non_blocking=True), rows, attrs)
+    return _Entry(path, t.cpu(), rows, attrs)
+
+
+def _batch_entries(captured: dict[str, torch.Tensor], pos: int, n_images: int, taps: dict[str, str],
+                   map_dtype: torch.dtype, map_images: int | None, statistics: tuple[Statistic, ...]) -> list[_Entry]:
+    """The batch starting at image ``pos``: its maps of ``taps`` (of images below ``map_images``)
+    and its ``statistics`` (of images below each one's ``images``), on the host."""
+
+    def stored(limit: int | None) -> int:
+        return n_images if limit is None else min(n_images, limit)
+
+    entries = []
+    if stored(map_images) > pos:
+        rows = stored(map_images)
+        entries += [_host_entry(f"taps/{name}", captured[name][: rows - pos], rows, map_dtype) for name in taps]
+    for stat in statistics:
+        rows = stored(stat.images)
+        if rows > pos:
+            fmap = captured[stat.tap][: rows - pos].detach()
+            entries.append(_host_entry(stat.path, stat(fmap), rows, maps_dtype=str(fmap.dtype).removeprefix("torch.")))
+    return entries
+
+
+def _write(h5: h5py.File, pos: int, entries: list[_Entry], copied=None) -> None:
+    """Write one batch's entries at image ``pos``, creating a dataset at its first batch, once the
+    event ``copied`` (their copies from a CUDA device, if any) has completed."""
+    if copied is not None:
+        copied.synchronize()
+    for e in entries:
+        values = e.values.numpy()
+        if e.path not in h5:
+            shape = (e.rows, *values.shape[1:])
+            ds = h5.create_dataset(e.path, shape=shape, dtype=values.dtype, chunks=_chunks(
+                shape, values.dtype.itemsize, len(values)), fletcher32=True)  # corrupt bytes fail to read
+            ds.attrs.update(e.attrs)
+        h5[e.path][pos : pos + len(values)] = values
+
+
+@contextmanager
+def _in_background():
+    """A ``submit(job)`` that runs jobs in order in one thread, at most one waiting, so that a
+    batch's HDF5 writes overlap the next forward pass (h5py releases the GIL while it writes)
+    with at most three batches of taps held. A job's exception is raised by the next
+    ``submit`` or at the end."""
+    jobs: queue.Queue = queue.Queue(maxsize=1)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        while (job := jobs.get()) is not None:
+            if not errors:  # after a failure, drain the queue so that submit never blocks
+                try:
+                    job()
+                except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
+                    errors.append(exc)
+
+    def submit(job) -> None:
+        if errors:
+            raise errors[0]
+        jobs.put(job)
+
+    thread = threading.Thread(target=run, name="fmprune-feature-writer", daemon=True)
+    thread.start()
+    try:
+        yield submit
+    finally:
+        jobs.put(None)
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str], out: str | Path,
-            attrs: dict, dtype: str = "float32", taylor_taps: tuple[str, ...] = (), loss=None) -> None:
-    """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing every tap,
-    and the labels when ``y`` holds one class per image (a saliency set's masks are not stored).
+            attrs: dict, dtype: str = "float32", taylor_taps: tuple[str, ...] = (), loss=None,
+            statistics: tuple[Statistic, ...] = (), map_images: int | None = None) -> None:
+    """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing the maps
+    of ``taps`` (of the first ``map_images`` images, default all) and the ``statistics`` (see
+    :func:`contents_for`), and the labels when ``y`` holds one class per image (a saliency
+    set's masks are not stored).
 
     With ``taylor_taps``, the forward pass keeps its graph and one backward pass of
     ``loss(outputs, y, reduction="sum")`` (the task's loss: summed, so each image's gradient is
     that of its own loss) gives each of those modules' Taylor terms, the mean over positions of
     z · ∂L/∂z per image and channel.
+
+    Maps are cast to ``dtype`` and statistics computed on the taps' device; each tap is then
+    copied to the host once per batch, and written by a background thread while the next batch
+    runs.
     """
     n_images = len(indices)
     model.eval()
     modules = dict(model.named_modules())
-    hooked = {**dict.fromkeys(taps), **dict.fromkeys(taylor_taps)}
+    hooked = {**dict.fromkeys(taps), **dict.fromkeys(taylor_taps), **dict.fromkeys(s.tap for s in statistics)}
     missing = [t for t in hooked if t not in modules]
     if missing:
         raise FmpruneError(f"model has no module named {missing[0]} to tap")
@@ -91,42 +291,40 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
         modules[name].register_forward_hook(lambda _m, _i, o, name=name: captured.__setitem__(name, o))
         for name in hooked
     ]
-    np_dtype = np.dtype(dtype)
+    map_dtype = getattr(torch, np.dtype(dtype).name)
     try:
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
             for key, value in attrs.items():
                 h5.attrs[key] = value
             h5.attrs["tap_kinds"] = json.dumps(taps)
+            h5.attrs["statistics"] = json.dumps({s.method: s.params for s in statistics})
             h5.attrs["sample_sha256"] = indices_sha256(indices)
             h5["sample_indices"] = np.asarray(indices, dtype=np.int64)
-            group = h5.create_group("taps")
+            h5.create_group("taps")
             labels = np.empty(n_images, dtype=np.int64)
             has_labels = True
             pos = 0
-            for x, y in tqdm(batches, desc="extracting", total=None, mininterval=5, leave=False):
-                captured.clear()
-                with torch.set_grad_enabled(bool(taylor_taps)):  # a graph from the input even if weights are frozen
-                    outputs = model(x.detach().requires_grad_() if taylor_taps else x)
-                b = len(y)
-                if taylor_taps:
-                    terms = taylor_terms(outputs, y, loss, [captured[name] for name in taylor_taps])
-                    for name, values in zip(taylor_taps, terms):
-                        if f"taylor/{name}" not in h5:
-                            h5.create_dataset(f"taylor/{name}", shape=(n_images, values.shape[1]), dtype=np.float64)
-                        h5[f"taylor/{name}"][pos : pos + b] = values
-                for name in taps:
-                    fmap = captured[name]
-                    if name not in group:
-                        c, h, w = fmap.shape[1:]
-                        group.create_dataset(
-                            name, shape=(n_images, c, h, w), dtype=np_dtype,
-                            chunks=(min(n_images, 256), 1, h, w), fletcher32=True,  # corrupt bytes fail to read
-                        )
-                    group[name][pos : pos + b] = fmap.detach().cpu().numpy().astype(np_dtype, copy=False)
-                has_labels = has_labels and y.ndim == 1
-                if has_labels:
-                    labels[pos : pos + b] = y.cpu().numpy()
-                pos += b
+            with _in_background() as submit:
+                for x, y in tqdm(batches, desc="extracting", total=None, mininterval=5, leave=False):
+                    captured.clear()
+                    with torch.set_grad_enabled(bool(taylor_taps)):  # a graph from the input even if weights are frozen
+                        outputs = model(x.detach().requires_grad_() if taylor_taps else x)
+                    b = len(y)
+                    entries = []
+                    if taylor_taps:
+                        terms = taylor_terms(outputs, y, loss, [captured[name] for name in taylor_taps])
+                        entries += [_Entry(f"taylor/{t}", torch.from_numpy(values), n_images)
+                                    for t, values in zip(taylor_taps, terms)]
+                    with torch.no_grad():
+                        entries += _batch_entries(captured, pos, n_images, taps, map_dtype, map_images, statistics)
+                    copied = torch.cuda.Event() if x.is_cuda else None  # the copies to the host end
+                    if copied is not None:
+                        copied.record()
+                    submit(partial(_write, h5, pos, entries, copied))
+                    has_labels = has_labels and y.ndim == 1
+                    if has_labels:
+                        labels[pos : pos + b] = y.cpu().numpy()
+                    pos += b
             if pos != n_images:
                 raise FmpruneError(f"extraction saw {pos} images, expected {n_images}")
             if has_labels:
@@ -137,7 +335,8 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
 
 
 class FeatureFile:
-    """Read side of an extraction: taps streamed as float32 torch batches.
+    """Read side of an extraction: maps streamed as float32 torch batches, per-image statistics
+    as stored, Taylor terms.
 
     Nothing read is trusted: a truncated or corrupt file (h5py's OSError, a failed chunk
     checksum), a missing entry and non-finite values are one-line errors naming the file, and
@@ -169,10 +368,11 @@ class FeatureFile:
         self.h5.close()
 
     def check_source(self, arch: str, model_sha256: str | None, taps: Iterable[str] = (),
-                     taylor_taps: Iterable[str] = ()) -> None:
+                     taylor_taps: Iterable[str] = (), statistics_of: str | None = None) -> None:
         """Refuse the file unless it was extracted from ``arch`` (and the model file of hash
-        ``model_sha256``, when given) and holds every tap in ``taps`` and the Taylor terms of
-        every module in ``taylor_taps``."""
+        ``model_sha256``, when given) and holds every tap in ``taps`` (its maps, or the
+        statistics of method ``statistics_of`` when the extraction stored those) and the Taylor
+        terms of every module in ``taylor_taps``."""
         stored_arch = self.attrs.get("arch")
         if stored_arch != arch:
             raise FmpruneError(f"feature file {self.path} was extracted from a {stored_arch} model, not {arch} "
@@ -181,8 +381,9 @@ class FeatureFile:
         if model_sha256 is not None and stored_sha != model_sha256:
             raise FmpruneError(f"feature file {self.path} was extracted from another model file (model_sha256 "
                                f"{stored_sha[:12]}…, this model's {model_sha256[:12]}…; re-run extraction)")
-        for tap in taps:
-            self._dataset(tap)
+        if statistics_of is None or self.statistics_params(statistics_of) is None:
+            for tap in taps:
+                self._dataset(tap)
         for tap in taylor_taps:
             self._taylor_dataset(tap)
 
@@ -193,9 +394,71 @@ class FeatureFile:
         if tap not in self.h5["taps"]:
             raise FmpruneError(f"feature file {self.path} has no tap {tap} (re-run extraction for this method)")
         ds = self.h5["taps"][tap]
-        if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[0] != self.n_images:
-            raise FmpruneError(f"feature file {self.path}: tap {tap} is not [{self.n_images}, C, H, W] feature maps")
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or not 0 < ds.shape[0] <= self.n_images:
+            raise FmpruneError(f"feature file {self.path}: tap {tap} is not [N, C, H, W] feature maps of at most "
+                               f"{self.n_images} images")
         return ds
+
+    def statistics_params(self, method: str) -> dict | None:
+        """The parameters ``method``'s per-image statistics were computed with, None when the
+        extraction stored none of them (maps mode)."""
+        try:
+            stored = json.loads(self.attrs.get("statistics", "{}"))
+        except (TypeError, ValueError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise FmpruneError(f"feature file {self.path}: its statistics attribute is not a JSON object")
+        return stored.get(method)
+
+    def _statistics_dataset(self, method: str, params: dict, group: str, tap: str) -> h5py.Dataset:
+        stored = self.statistics_params(method)
+        if stored != json.loads(json.dumps(params)):
+            raise FmpruneError(f"feature file {self.path}: the statistics of {method} were computed with "
+                               f"{json.dumps(stored)}, not {json.dumps(params)} (re-run extraction)")
+        ds = self.h5.get(statistics_path(method, group, tap))
+        if not isinstance(ds, h5py.Dataset) or ds.ndim < 2 or not 0 < ds.shape[0] <= self.n_images:
+            raise FmpruneError(f"feature file {self.path} has no {method} statistics of tap {tap} for group {group} "
+                               f"(re-run extraction)")
+        return ds
+
+    def statistics_source_dtype(self, method: str, group: str, tap: str) -> np.dtype:
+        """The dtype of the maps ``method``'s stored statistics of ``tap`` were computed from."""
+        ds = self._statistics_dataset(method, self.statistics_params(method), group, tap)
+        return np.dtype(ds.attrs.get("maps_dtype", "float32"))
+
+    def statistics(self, method: str, params: dict, group: str, tap: str, batch_size: int = 64,
+                   images: int | None = None):
+        """Yield ``method``'s per-image statistics [B, C, ...] of ``group``'s channels of ``tap``
+        over the first ``images`` images, as stored by a statistics-mode extraction (bool
+        statistics unpacked). Refused when they were computed with other ``params``."""
+        ds = self._statistics_dataset(method, params, group, tap)
+        n = self._images(ds, f"{method} statistics of {tap}", images)
+        bits = ds.attrs.get("bits")
+        for start in range(0, n, batch_size):
+            block = self._read(ds, f"{method} statistics of {tap}", start, min(start + batch_size, n), slice(None))
+            if bits is not None:
+                block = np.unpackbits(block, axis=-1, count=int(bits)).astype(bool)
+            yield torch.from_numpy(block)
+
+    def _images(self, ds: h5py.Dataset, what: str, images: int | None) -> int:
+        """How many images a read of ``images`` (None: all) takes from ``ds``, which must hold them."""
+        n = min(images or self.n_images, self.n_images)
+        if n > ds.shape[0]:
+            raise FmpruneError(f"feature file {self.path} holds the {what} of the first {ds.shape[0]} images only, "
+                               f"not {n} (re-run extraction)")
+        return n
+
+    def _read(self, ds: h5py.Dataset, what: str, start: int, stop: int, channels: slice) -> np.ndarray:
+        """Images ``start:stop`` of ``ds``, checked: unreadable bytes and non-finite values are
+        one-line errors."""
+        try:
+            block = ds[start:stop, channels]
+        except OSError as exc:  # a truncated file, or a chunk whose checksum fails
+            raise FmpruneError(f"feature file {self.path}: {what} is unreadable ({describe(exc)})") from None
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            raise FmpruneError(f"feature file {self.path}: {what} holds non-finite values (NaN or inf) "
+                               f"in images {start}-{stop - 1}")
+        return block
 
     def _taylor_dataset(self, tap: str) -> h5py.Dataset:
         ds = self.h5.get(f"taylor/{tap}")
@@ -221,18 +484,11 @@ class FeatureFile:
                 channels: tuple[int, int] | None = None):
         """Yield float32 tensors [B, C, H, W] of ``tap`` over the first ``images`` images."""
         ds = self._dataset(tap)
-        n = min(images or self.n_images, self.n_images)
+        n = self._images(ds, f"maps of tap {tap}", images)
         cs = slice(*channels) if channels else slice(None)
         for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            try:
-                block = np.asarray(ds[start:stop, cs], dtype=np.float32)
-            except OSError as exc:  # a truncated file, or a chunk whose checksum fails
-                raise FmpruneError(f"feature file {self.path}: tap {tap} is unreadable ({describe(exc)})") from None
-            if not np.isfinite(block).all():
-                raise FmpruneError(f"feature file {self.path}: tap {tap} holds non-finite values (NaN or inf) "
-                                   f"in images {start}-{stop - 1}")
-            yield torch.from_numpy(block)
+            block = self._read(ds, f"tap {tap}", start, min(start + batch_size, n), cs)
+            yield torch.from_numpy(block.astype(np.float32, copy=False))
 
     @property
     def labels(self) -> np.ndarray:

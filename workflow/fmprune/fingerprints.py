@@ -37,7 +37,11 @@ def features(cfg: dict, model: str) -> str:
     from .config import model_methods
 
     kinds = sorted({reads(m) or "" for m in model_methods(cfg, model)})  # "act_grad" adds a backward pass
-    return _digest(baseline(cfg, model), cfg["features"], kinds)
+    if cfg["features"].get("store", "maps") == "maps":
+        return _digest(baseline(cfg, model), cfg["features"], kinds)
+    # statistics mode stores each method's own reduction, which depends on the method and its parameters
+    reductions = {m: cfg["method_params"].get(m, {}) for m in sorted(model_methods(cfg, model)) if reads(m)}
+    return _digest(baseline(cfg, model), cfg["features"], kinds, reductions)
 
 
 def scores(cfg: dict, model: str, method: str) -> str:

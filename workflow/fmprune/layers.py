@@ -15,6 +15,10 @@ A module class may carry its own rule as the class attribute ``fmprune_rule`` (t
 ``norm``       normalises across channels (LayerNorm, GroupNorm): removing a channel changes
                every other channel's output, so its channels are kept whole
 ``grouped``    a grouped, not depthwise, conv: fmprune keeps its channels whole
+
+A bare parameter or buffer that the forward pass adds to, subtracts from or multiplies with
+channels (ConvNeXt's layer_scale) is a follower no module owns as a layer: ``TENSOR_RULE`` cuts
+or silences it along its channel axis, as an attribute of the module that holds it.
 """
 from __future__ import annotations
 
@@ -183,6 +187,32 @@ RULES: dict[type, Rule] = {
     nn.PReLU: Rule(lambda m: "follower" if m.num_parameters > 1 else "pointwise", _prune_prelu,
                    _mask_per_channel, _no_macs),
 }
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """How the tensor ``owner.<attr>`` is cut (prune) or silenced (mask) along its axis ``dim``."""
+
+    prune: Callable[[nn.Module, str, int, Index], None]
+    mask: Callable[[nn.Module, str, int, Index], None]
+
+
+def _prune_tensor(owner: nn.Module, attr: str, dim: int, out: Index) -> None:
+    """A parameter stays a parameter (trainable as before), a buffer a buffer."""
+    t = getattr(owner, attr)
+    kept = _keep(t, out, dim)
+    setattr(owner, attr, nn.Parameter(kept, t.requires_grad) if isinstance(t, nn.Parameter) else kept)
+
+
+def _mask_tensor(owner: nn.Module, attr: str, dim: int, out: Index) -> None:
+    """Zero the removed channels' entries, so that masking leaves nonzero the entries pruning
+    keeps (no kept channel reads a removed one either way). A division by a zeroed entry would
+    spread inf and NaN, so the tracer keeps channels that a tensor divides whole."""
+    if out is not None:
+        getattr(owner, attr).index_fill_(dim, out, 0)
+
+
+TENSOR_RULE = TensorRule(_prune_tensor, _mask_tensor)
 
 
 def rule_for(module: nn.Module) -> Rule | None:

@@ -14,8 +14,8 @@ from . import FmpruneError, __version__
 from . import config as cfglib
 from . import data as datalib
 from .counting import count
-from .features import FeatureFile, extract, sample_indices, taps_for, taylor_taps_for
-from .latency import measure as measure_latency, timer_for
+from .features import FeatureFile, contents_for, extract, sample_indices, taps_for, taylor_taps_for
+from .latency import device_name, measure as measure_latency, timer_for
 from .io import (atomic_path, atomic_write_json, cache_dir, check_sha256, describe, download, load_torch, read_json,
                  sha256_file, sha256_json, user_path)
 from .methods import Scored, fpfmc, reads, resolved_params, score_groups
@@ -117,6 +117,19 @@ def _speed(cfg: dict, net: torch.nn.Module, size: int, device: torch.device) -> 
     return speed
 
 
+SPEED_KEYS = ("latency_ms_b1", "latency_ms_b1_iqr", "throughput_ips", "throughput_batch", "latency_device", "runtimes")
+
+
+def _reused_speed(pruned_report: dict, device: torch.device) -> dict | None:
+    """The pruned model's timings from its prune report when they were measured on the device
+    (and thread count) fine-tuning ran on: fine-tuning changes weights, not widths, so timing
+    it again would measure the same network. None when the devices differ (e.g. pruned on a
+    CPU node, fine-tuned on a GPU)."""
+    if pruned_report.get("latency_device") != device_name(device):
+        return None
+    return {k: pruned_report[k] for k in SPEED_KEYS if k in pruned_report}
+
+
 def _eval_size(cfg: dict, model: str, data: datalib.Data) -> int:
     """Side of the input a model is evaluated on, and its latency measured on."""
     m = cfg["models"][model]
@@ -144,10 +157,9 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
     m = cfg["models"][model]
     data = _dataset(cfg, model)
     net = load_pruned(model_file)
-    kinds = {reads(x) for x in cfglib.model_methods(cfg, model)} - {None}
-    spec = net.channel_spec()
-    taps, taylor_taps = taps_for(spec, kinds), taylor_taps_for(spec, kinds)
     f = cfg["features"]
+    contents = contents_for(net.channel_spec(),
+                            {x: cfg["method_params"].get(x, {}) for x in cfglib.model_methods(cfg, model)}, f["store"])
     ds_cfg = cfg["datasets"][m["dataset"]]
     pool = None
     if ds_cfg.get("sample_flagged_only"):
@@ -161,7 +173,8 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
     attrs = {"arch": m["arch"], "model": model, "model_sha256": sha256_file(model_file),
              "dataset": m["dataset"], "seed": f["seed"]}
     batches = data.train.batches(indices, f["batch_size"], data.norm, device=device)
-    extract(net, batches, indices, taps, out, attrs, dtype=f["dtype"], taylor_taps=taylor_taps, loss=data.task.loss)
+    extract(net, batches, indices, contents.taps, out, attrs, dtype=f["dtype"], taylor_taps=contents.taylor_taps,
+            loss=data.task.loss, statistics=contents.statistics, map_images=contents.map_images)
 
 
 def save_scores(path: Path, scored: Scored, meta: dict) -> None:
@@ -220,7 +233,8 @@ def score(cfg: dict, model: str, method: str, model_file: Path, features: Path |
     if features is not None:
         kinds = {reads(method)} - {None}
         with FeatureFile(features) as ff:
-            ff.check_source(net.meta["arch"], sha256_file(model_file), taps_for(spec, kinds), taylor_taps_for(spec, kinds))
+            ff.check_source(net.meta["arch"], sha256_file(model_file), taps_for(spec, kinds), taylor_taps_for(spec, kinds),
+                            statistics_of=method)
             scored = score_groups(method, spec, net, ff, params, cfg["features"]["batch_size"])
             sample = ff.attrs["sample_sha256"]
     else:
@@ -366,7 +380,7 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
     meta = dict(net.meta)
     save_pruned(out_dir / "model.pt", net.cpu(), meta.pop("arch"), meta.pop("num_classes"),
                 **{k: v for k, v in meta.items() if k != "kept"})
-    speed = _speed(cfg, net, _eval_size(cfg, model, data), device)  # on the device it was fine-tuned on
+    speed = _reused_speed(pruned, device) or _speed(cfg, net, _eval_size(cfg, model, data), device)
     acc = {
         "model": model, "arch": m["arch"], "task": task.name, "method": method, "plan": plan,
         "plan_definition": m["plans"][plan],
@@ -374,8 +388,8 @@ def finetune(cfg: dict, model: str, method: str, plan: str, seed: int, pruned_fi
         **{f"{k}_before_finetune{bn}": pruned[f"{k}{bn}"] for k in task.before for bn in ("", "_bn")
            if f"{k}{bn}" in pruned},
         "params": pruned["params"], "macs": pruned["macs"], "macs_thop": pruned["macs_thop"], "flops": pruned["flops"],
-        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", *task.metrics,
-                                          "latency_ms_b1", "throughput_ips", "latency_device", "runtimes") if k in base},
+        "baseline": {k: base[k] for k in ("params", "macs", "macs_thop", "flops", *task.metrics, *SPEED_KEYS)
+                     if k in base},
         "params_reduction_pct": 100.0 * (1 - pruned["params"] / base["params"]),
         "macs_reduction_pct": 100.0 * (1 - pruned["macs"] / base["macs"]),
         "provenance": provenance(cfg, model, method, plan, sample),

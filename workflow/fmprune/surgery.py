@@ -4,8 +4,9 @@
 Each module listed in the spec has its output axis (conv/linear rows, bias, the four BN
 tensors, an index shortcut's map) and input axis (conv/linear columns) gathered at the
 concatenated kept indices of the groups that make up that axis, so a residual stream or a
-concatenation slice is cut the same way everywhere it appears. How a module of each type is
-cut or silenced is its rule in :mod:`fmprune.layers`.
+concatenation slice is cut the same way everywhere it appears; so is each bare parameter or
+buffer a traced spec declares. How a module of each type is cut or silenced is its rule in
+:mod:`fmprune.layers`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from . import FmpruneError
 from .io import atomic_torch_save, describe, load_torch
-from .layers import rule_for
+from .layers import TENSOR_RULE, rule_for
 from .models import ArchSpec, build, input_size, is_traced, register
 
 
@@ -50,7 +51,8 @@ def _axis_index(spec: ArchSpec, names: tuple[str, ...], kept: dict[str, torch.Te
 
 
 def _apply(model: nn.Module, spec: ArchSpec, index: dict[str, torch.Tensor], action: str) -> None:
-    """Run every declared module's layer rule (``prune`` or ``mask``) on its axes' ``index``."""
+    """Run every declared module's layer rule (``prune`` or ``mask``) on its axes' ``index``,
+    then the tensor rule on every declared bare parameter or buffer."""
     modules = dict(model.named_modules())
     for name, io in spec.modules.items():
         m = modules[name]
@@ -59,6 +61,9 @@ def _apply(model: nn.Module, spec: ArchSpec, index: dict[str, torch.Tensor], act
             raise FmpruneError(f"{name}: no surgery rule for {type(m).__name__}")
         out, inp = _axis_index(spec, io.out, index), _axis_index(spec, io.inp, index, io.inp_expand)
         getattr(rule, action)(name, m, out, inp)
+    for name, tensor in spec.tensors.items():
+        owner, _, attr = name.rpartition(".")
+        getattr(TENSOR_RULE, action)(modules[owner], attr, tensor.dim, _axis_index(spec, tensor.groups, index))
 
 
 @torch.no_grad()

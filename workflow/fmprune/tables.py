@@ -89,7 +89,7 @@ PAPER_COLUMNS = [
     "paper_params_m", "params_m", "d_params_m", "paper_params_red_pct", "params_red_pct",
     "paper_macs_m", "macs_m", "d_macs_m", "paper_macs_red_pct", "macs_red_pct", "macs_convention",
     *(c for cols in PAPER_TASK_COLUMNS.values() for c in cols), "seeds_done",
-    "latency_ms_b1", "throughput_ips", "note",
+    *SPEED_COLUMNS, "note",
 ]
 NEEDS_RUN = "needs baseline + features"
 _ERROR_MARKS = ("fmprune: error", "Traceback (most recent call last)")
@@ -275,14 +275,14 @@ def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Pat
         reports = [json.loads(p.read_text()) for p in ([files["baseline_acc"]] if is_base else files["acc"]) if p.is_file()]
         n = 1 if is_base else len(files["acc"])
         if reports:
-            frame = pd.DataFrame(reports)
+            frame = pd.DataFrame([{**r, **runtime_columns(r)} for r in reports])
             head, digits = task.headline, task.digits
 
             def mean(col):
                 return round(float(frame[col].mean()), digits) if col in frame and frame[col].notna().any() else None
 
             out.update({head: mean(head), f"{head}_best": None if is_base else mean(f"{head}_best"),
-                        "latency_ms_b1": mean("latency_ms_b1"), "throughput_ips": mean("throughput_ips")})
+                        **{col: mean(col) for col in SPEED_COLUMNS}})
             for k in metrics[1:]:  # top-5 where ImageNet or the paper reports it; saliency's MAE, S-measure
                 if k != "top5" or arch in ("resnet50", "resnet18") or out["paper_top5"] is not None:
                     out[k] = mean(k)
@@ -302,7 +302,7 @@ def paper_table(cfg: dict, paper_path: Path = PAPER_RESULTS, results: Path = Pat
 
 def write_paper(df: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
     atomic_write_text(csv_path, df.to_csv(index=False))
-    optional = ["paper_top5", "top5", "latency_ms_b1", "throughput_ips"]  # shown when some row has them
+    optional = ["paper_top5", "top5", *SPEED_COLUMNS]  # shown when some row has them
     shown = df.drop(columns=["note"] + [c for c in optional if c in df and df[c].isna().all()]).rename(columns={"macs_convention": "macs_conv"})
     shown = shown.astype(object).where(shown.notna(), None)
     legend = ("Paper figures beside ours. params_m: millions, BatchNorm included; macs_m: millions, "

@@ -12,6 +12,16 @@ module (adding a method is one file, plus its test). The contract:
 - ``score(group: GroupInputs, **params) -> [C]``: one prunable group's channel scores, higher =
   kept. A scorer may put arrays its native plan form needs into ``group.extra``; they are saved
   beside the scores.
+- Optional, for a method reading ``act`` or ``conv``: ``statistics(x, **params) -> [B, C, ...]``,
+  the per-image reduction its scores combine: one batch of a tap's maps x [B, C, H, W] (one
+  group's channels, on the tap's device, in the tap's dtype) to per-image, per-channel
+  statistics; its keywords are a subset of ``PARAMS``, with the same defaults. ``score`` then
+  reads ``group.statistics(tap)``, which is that reduction of the stored maps, or, when the
+  extraction ran with ``features.store: statistics``, what the extraction computed with it on the
+  fly; so scores are the same in both modes, and extraction needs no per-method code. A method
+  without it (FP-FMC) reads maps, which a statistics-mode extraction stores for it alone.
+- A method with an ``images`` parameter reads only the sample's first ``images`` images
+  (:func:`images_read`); a statistics-mode extraction stores no more of them for it.
 - Optional: ``NATIVE_FORM`` (a :class:`NativeForm`) with ``native_kept(scores, extra, value,
   min_channels)``, the method's own plan knob; ``check_setting(setting)``, refusals that depend on
   the config alone, raised as :class:`ParamError` at config validation, before any extraction;
@@ -40,6 +50,7 @@ from torch import nn
 from .. import FmpruneError
 from ..models import ArchSpec
 from .params import ParamError
+from .streaming import checked_maps
 
 WEIGHTS = "weights"
 GRAD = "_grad"  # READS suffix: the per-image, per-channel mean of tap · ∂L/∂tap
@@ -115,6 +126,25 @@ def rule_logs(method: str) -> tuple[str, ...]:
     """Log templates of the rules that score ``method`` in the pipeline, when it has its own
     (FP-FMC); empty when the generic ``score`` rule does."""
     return getattr(get(method), "RULE_LOGS", ())
+
+
+def has_statistics(method: str) -> bool:
+    """Whether ``method`` declares its per-image reduction (``statistics``), so that a
+    statistics-mode extraction can store its statistics instead of maps."""
+    return reads(method) is not None and hasattr(get(method), "statistics")
+
+
+def statistics_params(method: str, params: dict | None = None) -> dict:
+    """The resolved parameters ``method``'s per-image reduction takes (a subset of its ``PARAMS``)."""
+    signature = inspect.signature(get(method).statistics)
+    taken = {name for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    return {k: v for k, v in resolved_params(method, params).items() if k in taken}
+
+
+def images_read(method: str, params: dict | None = None) -> int | None:
+    """How many of the sample's first images ``method`` reads: its ``images`` parameter when it has
+    one (RGD, FP-FMC), else None (all)."""
+    return resolved_params(method, params)["images"] if "images" in get(method).PARAMS else None
 
 
 def paper_macs(method: str) -> str:
@@ -206,6 +236,8 @@ class GroupInputs:
     features: object = None  # a FeatureFile, when the method reads one
     batch_size: int = 64
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # arrays saved beside the scores
+    method: str | None = None  # whose per-image reduction ``statistics`` applies
+    params: dict = field(default_factory=dict)  # the method's resolved parameters
 
     @property
     def channels(self) -> int:
@@ -223,7 +255,21 @@ class GroupInputs:
         """float32 batches [B, C, H, W] of ``tap``'s maps of this group's channels."""
         return self.features.batches(tap, self.batch_size, images=images, channels=self._channels(tap))
 
+    def statistics(self, tap: str, images: int | None = None) -> Iterator[torch.Tensor]:
+        """Batches [B, C, ...] of the method's per-image statistics of ``tap`` (this group's
+        channels) over the first ``images`` images: those the extraction stored when it ran in
+        statistics mode, else the method's ``statistics`` of the stored maps, batch by batch."""
+        params = statistics_params(self.method, self.params)
+        if self.features.statistics_params(self.method) is not None:
+            return self.features.statistics(self.method, params, self.name, tap, self.batch_size, images)
+        reduce = get(self.method).statistics
+        return (reduce(x, **params) for x in checked_maps(self.maps(tap, images), dtype=None))
+
     def tap_dtype(self, tap: str) -> np.dtype:
+        """The dtype of the maps the method's scores come from: as stored, or, for statistics
+        computed during extraction, as the forward pass produced them."""
+        if self.method is not None and self.features.statistics_params(self.method) is not None:
+            return self.features.statistics_source_dtype(self.method, self.name, tap)
         return self.features.dtype(tap)
 
     def taylor_terms(self, tap: str) -> np.ndarray:
@@ -267,7 +313,7 @@ def score_groups(method: str, spec: ArchSpec, model: nn.Module, features=None,
         raise FmpruneError(f"method {method} needs a feature file")
     scored = Scored({}, {})
     for group in spec.prunable_groups():
-        inputs = GroupInputs(group, spec, model, tap_kind(method), features, batch_size)
+        inputs = GroupInputs(group, spec, model, tap_kind(method), features, batch_size, method=method, params=params)
         scored.scores[group] = np.asarray(module.score(inputs, **params), dtype=np.float64)
         for key, value in inputs.extra.items():
             scored.extra.setdefault(key, {})[group] = value

@@ -38,17 +38,28 @@ def check_setting(setting) -> None:
                                                       f"act tap {tap} is a {kind}")
 
 
-def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
+def statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per map of ``x`` [B, C, H, W]: its number of exact zeros and of values; float64 [B, C, 2]
+    (counts, so that the fraction over images and positions is exact)."""
+    if (x < 0).any():
+        raise FmpruneError("apoz needs post-ReLU maps, and these hold negative values")
+    zeros = (x == 0).sum(dim=(2, 3)).to(torch.float64)
+    return torch.stack([zeros, torch.full_like(zeros, x.shape[2] * x.shape[3])], dim=2)
+
+
+def from_statistics(counts: Iterable[torch.Tensor]) -> np.ndarray:
     """1 − fraction of exact zeros of each channel over images and positions; float64 [C]."""
-    zeros, values = None, 0
-    for x in checked_maps(batches, dtype=None):
-        if (x < 0).any():
-            raise FmpruneError("apoz needs post-ReLU maps, and these hold negative values")
-        count = (x == 0).sum(dim=(0, 2, 3)).to(torch.float64)
-        zeros = count if zeros is None else zeros + count
-        values += x.shape[0] * x.shape[2] * x.shape[3]
+    zeros, values = None, 0.0
+    for s in counts:
+        total = torch.as_tensor(s).to(device="cpu", dtype=torch.float64).sum(0)  # [C, 2]
+        zeros = total[:, 0] if zeros is None else zeros + total[:, 0]
+        values += float(total[0, 1])
     return (1.0 - zeros / values).numpy()
 
 
+def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
+    return from_statistics(statistics(x) for x in checked_maps(batches, dtype=None))
+
+
 def score(group) -> np.ndarray:
-    return combine([channel_scores(group.maps(tap)) for tap in group.taps])
+    return combine([from_statistics(group.statistics(tap)) for tap in group.taps])

@@ -4,8 +4,8 @@ Paper: Xu et al., "CDP: Towards Optimal Filter Pruning via Class-wise Discrimina
 ACM MM 2021. Tap: ``conv`` (raw convolution output, before BN); ReLU is applied here, as the
 reference code does.
 
-1. a[c, n] = spatial mean of ReLU(conv output) of channel c in document n
-   (``document_activations``).
+1. a[c, n] = spatial mean of ReLU(conv output) of channel c in image n (the method's per-image
+   ``statistics``), gathered into documents by ``documents_of``.
 2. tf[c, n] = beta * a[c, n] / sum_c' a[c', n], beta = 1 + ln(C / coe) if coe > 0 else 1.
 3. channel c occurs in document n when a[c, n] >= mean_n a[c, :] (ties within rounding occur);
    S_c = those documents.
@@ -45,13 +45,30 @@ PAPER_MACS = "macs"  # the CDP paper counts conv + linear MACs (METHODS.md, "Cou
 TIE_RTOL = 1e-12
 
 
+def statistics(x: torch.Tensor) -> torch.Tensor:
+    """Spatial mean of ReLU(x) of every map of ``x`` [B, C, H, W] (step 1 per image); float64 [B, C]."""
+    return torch.relu(x.to(torch.float64)).mean(dim=(2, 3))
+
+
 def document_activations(
     batches: Iterable[torch.Tensor],
     *,
     labels=None,
     documents: str = "image",
 ) -> np.ndarray:
-    """Document-activation matrix a, float64 [C, D].
+    """Document-activation matrix a, float64 [C, D], of the maps in ``batches``; see
+    :func:`documents_of`."""
+    return documents_of((statistics(x) for x in checked_maps(batches, dtype=None)), labels=labels, documents=documents)
+
+
+def documents_of(
+    activations: Iterable[torch.Tensor],
+    *,
+    labels=None,
+    documents: str = "image",
+) -> np.ndarray:
+    """Document-activation matrix a, float64 [C, D], from per-image activations [B, C] (a batch
+    at a time, the method's ``statistics``).
 
     ``documents="image"``: one column per image, in batch order (``labels`` is ignored).
     ``documents="class"``: ``labels`` holds one integer class per image in batch order; one column
@@ -69,8 +86,8 @@ def document_activations(
         sums = None
     columns = []
     n_images = 0
-    for x in checked_maps(batches):
-        act = torch.relu(x).mean(dim=(2, 3))  # [B, C]
+    for act in activations:
+        act = torch.as_tensor(act).to(device="cpu", dtype=torch.float64)
         b = act.shape[0]
         if by_class:
             if n_images + b > labels.size:
@@ -120,7 +137,7 @@ def tfidf_scores(a, *, coe: float = 0.0) -> np.ndarray:
 
 def score(group, *, coe: float = 0.0, documents: str = "image") -> np.ndarray:
     labels = group.labels if documents == "class" else None
-    return combine([tfidf_scores(document_activations(group.maps(tap), labels=labels, documents=documents), coe=coe)
+    return combine([tfidf_scores(documents_of(group.statistics(tap), labels=labels, documents=documents), coe=coe)
                     for tap in group.taps])
 
 

@@ -31,7 +31,8 @@ part of the count. Float64 rounding here stays below 1e-14 * ||F||_F, while the 
 components are 4e-6 and 1.7e-11 of the block's coefficients, so apart from such exact ties the
 count is the literal one.
 
-Feature maps are streamed batch by batch; all arithmetic is float64. The reference code's
+Feature maps are streamed batch by batch (the per-image scores are the method's ``statistics``),
+in chunks of images that bound the float64 intermediates; all arithmetic is float64. The reference code's
 layer-hooking bugs (ResNet-56 hooks every block onto the stem ReLU, DenseNet files shifted by one
 layer) are not inherited: the pipeline supplies each layer's own tap.
 """
@@ -46,7 +47,7 @@ from scipy.ndimage import gaussian_filter
 
 from . import combine
 from .dct import dct_matrix
-from .streaming import checked_maps
+from .streaming import checked_maps, image_mean, in_chunks
 from .params import integer, number
 
 READS = "act"
@@ -77,6 +78,38 @@ def block_operator(bh: int, bw: int, sigma: float) -> np.ndarray:
     return op
 
 
+def statistics(x: torch.Tensor, *, block: int = 2, sigma: float = 10.0, alpha: float = 0.03) -> torch.Tensor:
+    """score(F) of every map of ``x`` [B, C, H, W]; float64 [B, C], on ``x``'s device. Images are
+    processed in chunks, so the float64 intermediates (about four copies of a chunk) stay bounded."""
+    if int(block) != block or block < 1:
+        raise ValueError(f"block must be a positive integer; got {block!r}")
+    block = int(block)
+    _, c, h, w = x.shape
+    bh, bw = (h, w) if h < block or w < block else (block, block)
+    nh, nw = h // bh, w // bw
+    op_t = torch.from_numpy(np.array(block_operator(bh, bw, sigma))).T.to(x.device)
+    n_padding = h * w - nh * bh * nw * bw
+
+    def reduce(chunk: torch.Tensor) -> torch.Tensor:
+        chunk = chunk.to(torch.float64)
+        b = chunk.shape[0]
+        blocks = (
+            chunk[:, :, : nh * bh, : nw * bw]
+            .reshape(b, c, nh, bh, nw, bw)
+            .permute(0, 1, 2, 4, 3, 5)
+            .reshape(b, c, nh * nw, bh * bw)
+        )
+        m = blocks @ op_t
+        f_norm = chunk.square().sum(dim=(2, 3)).sqrt()
+        above = m.sum(dim=(2, 3)) / (h * w) + TIE_RTOL * f_norm
+        count = (m > above[:, :, None, None]).sum(dim=(2, 3)).to(torch.float64)
+        count += n_padding * (above < 0).to(torch.float64)
+        freq = m.square().sum(dim=(2, 3)).sqrt() * (count / (h * w))
+        return freq + alpha * f_norm
+
+    return in_chunks(reduce, x, 4 * c * h * w)
+
+
 def channel_scores(
     batches: Iterable[torch.Tensor],
     *,
@@ -85,35 +118,8 @@ def channel_scores(
     alpha: float = 0.03,
 ) -> np.ndarray:
     """Mean over images of score(F) for each channel; float64 [C]. Defaults are the reference's."""
-    if int(block) != block or block < 1:
-        raise ValueError(f"block must be a positive integer; got {block!r}")
-    block = int(block)
-    total, n_images = None, 0
-    for x in checked_maps(batches):
-        b, c, h, w = x.shape
-        if total is None:
-            total = torch.zeros(c, dtype=torch.float64)
-            bh, bw = (h, w) if h < block or w < block else (block, block)
-            nh, nw = h // bh, w // bw
-            op_t = torch.from_numpy(np.array(block_operator(bh, bw, sigma))).T
-            n_padding = h * w - nh * bh * nw * bw
-        blocks = (
-            x[:, :, : nh * bh, : nw * bw]
-            .reshape(b, c, nh, bh, nw, bw)
-            .permute(0, 1, 2, 4, 3, 5)
-            .reshape(b, c, nh * nw, bh * bw)
-        )
-        m = blocks @ op_t
-        f_norm = x.square().sum(dim=(2, 3)).sqrt()
-        above = m.sum(dim=(2, 3)) / (h * w) + TIE_RTOL * f_norm
-        count = (m > above[:, :, None, None]).sum(dim=(2, 3)).to(torch.float64)
-        count += n_padding * (above < 0).to(torch.float64)
-        freq = m.square().sum(dim=(2, 3)).sqrt() * (count / (h * w))
-        score = freq + alpha * f_norm
-        total += score.sum(dim=0)
-        n_images += b
-    return (total / n_images).numpy()
+    return image_mean(statistics(x, block=block, sigma=sigma, alpha=alpha) for x in checked_maps(batches, dtype=None))
 
 
 def score(group, *, block: int = 2, sigma: float = 10.0, alpha: float = 0.03) -> np.ndarray:
-    return combine([channel_scores(group.maps(tap), block=block, sigma=sigma, alpha=alpha) for tap in group.taps])
+    return combine([image_mean(group.statistics(tap)) for tap in group.taps])

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import combine
-from .streaming import checked_maps
+from .streaming import checked_maps, image_mean
 
 READS = "act"
 PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
@@ -58,20 +58,33 @@ def independence(a: np.ndarray) -> np.ndarray:
     return full[:, None] - reduced
 
 
+def independence_torch(a: torch.Tensor) -> torch.Tensor:
+    """:func:`independence` with torch's batched QR and SVD, for maps on an accelerator (where
+    they are fast, and the maps need not be copied to the host)."""
+    c = a.shape[1]
+    b = a if a.shape[2] <= c else torch.linalg.qr(a.transpose(1, 2), mode="r")[1].transpose(1, 2)
+    keep = 1.0 - torch.eye(c, dtype=a.dtype, device=a.device)
+    full = torch.linalg.svdvals(b).sum(-1)
+    reduced = torch.linalg.svdvals(b[:, None] * keep[None, :, :, None]).sum(-1)
+    return full[:, None] - reduced
+
+
+def statistics(x: torch.Tensor) -> torch.Tensor:
+    """CI [B, C] of every image of ``x`` [B, C, H, W], float64, a chunk of images at a time: by
+    numpy on the CPU, by torch on ``x``'s device when that is an accelerator."""
+    b, c, h, w = x.shape
+    step = max(1, _CHUNK_ELEMENTS // (c * c * min(c, h * w)))
+    maps = x.detach().to(torch.float64).reshape(b, c, h * w)
+    if maps.device.type != "cpu":
+        return torch.cat([independence_torch(chunk) for chunk in maps.split(step)])
+    maps = maps.numpy()
+    return torch.from_numpy(np.concatenate([independence(maps[s : s + step]) for s in range(0, b, step)]))
+
+
 def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
     """Mean over images of CI_c; float64 [C]."""
-    total, n_images = None, 0
-    for x in checked_maps(batches):
-        b, c, h, w = x.shape
-        if total is None:
-            total = np.zeros(c)
-        step = max(1, _CHUNK_ELEMENTS // (c * c * min(c, h * w)))
-        maps = x.reshape(b, c, h * w).numpy()
-        for start in range(0, b, step):
-            total += independence(maps[start : start + step]).sum(0)
-        n_images += b
-    return total / n_images
+    return image_mean(statistics(x) for x in checked_maps(batches))
 
 
 def score(group) -> np.ndarray:
-    return combine([channel_scores(group.maps(tap)) for tap in group.taps])
+    return combine([image_mean(group.statistics(tap)) for tap in group.taps])

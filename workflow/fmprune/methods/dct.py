@@ -13,7 +13,8 @@ of the map F, taken over a frequency band:
 - ``"zigzag:P"``: the first ``int(P * H * W)`` coefficients (at least 1) in JPEG zig-zag order,
   0 < P <= 1 (the count is rounded down in float, like the pipeline's ``keep``).
 
-Feature maps are streamed batch by batch; all arithmetic is float64.
+Feature maps are streamed batch by batch (the per-map energies are the method's ``statistics``),
+in chunks of images that bound the float64 intermediates; all arithmetic is float64.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from . import combine
-from .streaming import checked_maps
+from .streaming import checked_maps, image_mean, in_chunks
 
 READS = "act"
 
@@ -89,28 +90,28 @@ def band_mask(kind: str, value: float, h: int, w: int) -> np.ndarray:
     return mask
 
 
+def statistics(x: torch.Tensor, *, band: str = "all") -> torch.Tensor:
+    """DCT energy in ``band`` of every map of ``x`` [B, C, H, W]; float64 [B, C], on ``x``'s device."""
+    kind, value = parse_band(band)
+    _, c, h, w = x.shape
+    if kind == "all":
+        return in_chunks(lambda chunk: chunk.to(torch.float64).square().sum(dim=(2, 3)), x, c * h * w)
+    mask = band_mask(kind, value, h, w)
+    dh = torch.from_numpy(dct_matrix(h)[: mask.shape[0]]).to(x.device)
+    dw = torch.from_numpy(dct_matrix(w)[: mask.shape[1]]).to(x.device)
+    mask_t = torch.from_numpy(mask).to(device=x.device, dtype=torch.float64)
+
+    def energy(chunk: torch.Tensor) -> torch.Tensor:
+        coeffs = dh @ chunk.to(torch.float64) @ dw.T
+        return (coeffs.square() * mask_t).sum(dim=(2, 3))
+
+    return in_chunks(energy, x, 2 * c * h * w)
+
+
 def channel_scores(batches: Iterable[torch.Tensor], *, band: str = "all") -> np.ndarray:
     """Mean over images of the DCT energy in ``band`` of each channel's map; float64 [C]."""
-    kind, value = parse_band(band)
-    total, n_images = None, 0
-    for x in checked_maps(batches):
-        _, c, h, w = x.shape
-        if total is None:
-            total = torch.zeros(c, dtype=torch.float64)
-            if kind != "all":
-                mask = band_mask(kind, value, h, w)
-                dh = torch.from_numpy(dct_matrix(h)[: mask.shape[0]])
-                dw = torch.from_numpy(dct_matrix(w)[: mask.shape[1]])
-                mask_t = torch.from_numpy(mask).to(torch.float64)
-        if kind == "all":
-            energy = x.square().sum(dim=(2, 3))
-        else:
-            coeffs = dh @ x @ dw.T
-            energy = (coeffs.square() * mask_t).sum(dim=(2, 3))
-        total += energy.sum(dim=0)
-        n_images += x.shape[0]
-    return (total / n_images).numpy()
+    return image_mean(statistics(x, band=band) for x in checked_maps(batches, dtype=None))
 
 
 def score(group, *, band: str = "all") -> np.ndarray:
-    return combine([channel_scores(group.maps(tap), band=band) for tap in group.taps])
+    return combine([image_mean(group.statistics(tap)) for tap in group.taps])

@@ -16,6 +16,7 @@ import torch
 from .. import FmpruneError
 from . import combine
 from .params import ParamError
+from .streaming import checked_maps, image_mean
 
 READS = "act"
 PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
@@ -27,19 +28,17 @@ def check_setting(setting) -> None:
                                            f"rank tolerance is below float16 rounding; use float32")
 
 
+def statistics(x: torch.Tensor) -> torch.Tensor:
+    """Numerical rank of every map of ``x`` [B, C, H, W] (in its own dtype); float64 [B, C]."""
+    return torch.linalg.matrix_rank(x).to(torch.float64)
+
+
 def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
-    total, n = None, 0
-    for x in batches:
-        ranks = torch.linalg.matrix_rank(x).to(torch.float64).sum(0)  # [C]
-        total = ranks if total is None else total + ranks
-        n += x.shape[0]
-    if not n:
-        raise FmpruneError("hrank: no feature maps to score")
-    return (total / n).numpy()
+    return image_mean(statistics(x) for x in checked_maps(batches, dtype=None))
 
 
 def score(group) -> np.ndarray:
     for tap in group.taps:
         if group.tap_dtype(tap) == np.float16:
             raise FmpruneError(f"hrank refuses float16 taps ({tap}): extract with features.dtype: float32")
-    return combine([channel_scores(group.maps(tap)) for tap in group.taps])
+    return combine([image_mean(group.statistics(tap)) for tap in group.taps])

@@ -15,21 +15,21 @@ import numpy as np
 import torch
 
 from . import combine
-from .streaming import checked_maps
+from .streaming import checked_maps, image_mean
 
 READS = "act"
 PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
 
 
+def statistics(x: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of every map of ``x`` [B, C, H, W]; float64 [B, C]."""
+    return x.to(torch.float64).mean(dim=(2, 3))
+
+
 def channel_scores(batches: Iterable[torch.Tensor]) -> np.ndarray:
     """Mean over images and positions of each channel; float64 [C]."""
-    total, n_images = None, 0
-    for x in checked_maps(batches):
-        means = x.mean(dim=(2, 3)).sum(0)
-        total = means if total is None else total + means
-        n_images += x.shape[0]
-    return (total / n_images).numpy()
+    return image_mean(statistics(x) for x in checked_maps(batches, dtype=None))
 
 
 def score(group) -> np.ndarray:
-    return combine([channel_scores(group.maps(tap)) for tap in group.taps])
+    return combine([image_mean(group.statistics(tap)) for tap in group.taps])

@@ -69,15 +69,15 @@ from scipy.sparse.csgraph import connected_components
 from . import NativeForm
 from .l1 import filter_norms
 from .params import integer, number
-from .streaming import checked_maps
+from .streaming import checked_maps, in_chunks
 
 READS = "conv"
 PARAMS = {"hash_size": integer(1), "images": integer(1), "threshold": number(0.0, 1.0)}  # of score, with checks
 # The plan key ``threshold``: every group's decomposition at one similarity threshold (lower prunes more).
 NATIVE_FORM = NativeForm("threshold", low=0.0, high=1.0, higher_prunes_more=False)
 
-# Images of one batch transformed / compared at a time are capped so that the float64 copy of
-# the chunk stays at most this many elements (32 MiB), bounding memory beyond the input batch.
+# Images of one batch hashed at a time are capped so that the float64 copy of the chunk stays
+# at most this many elements (32 MiB), bounding memory beyond the input batch.
 _CHUNK_ELEMENTS = 1 << 22
 # ±1 dot products are exact in float32 while every partial sum is an integer ≤ 2**24.
 _FLOAT32_EXACT = 1 << 24
@@ -93,20 +93,34 @@ def _dct2_rows(n: int, k: int) -> torch.Tensor:
     return 2.0 * torch.cos(torch.pi * u * (2.0 * x + 1.0) / (2.0 * n))
 
 
-def _signed_hashes(chunk: torch.Tensor, d_h: torch.Tensor, d_w_t: torch.Tensor) -> torch.Tensor:
-    """±1 hash bits of every map of ``chunk`` [b, C, H, W] → float32 [b, C, kh·kw]."""
-    coef = d_h @ chunk.to(torch.float64) @ d_w_t  # [b, C, kh, kw] = top-left block of dctn
-    coef = coef.flatten(2)
-    bit = coef >= coef.mean(dim=2, keepdim=True)
-    return bit.to(torch.float32) * 2.0 - 1.0
+def statistics(x: torch.Tensor, *, hash_size: int = 8) -> torch.Tensor:
+    """Perceptual-hash bits of every map of ``x`` [B, C, H, W] → bool [B, C, kh·kw], on ``x``'s
+    device; the DCT runs in float64, a chunk of images at a time (bounded intermediates)."""
+    if int(hash_size) != hash_size or hash_size < 1:
+        raise ValueError(f"hash_size must be a positive integer, got {hash_size!r}")
+    _, c, h, w = x.shape
+    kh, kw = min(int(hash_size), h), min(int(hash_size), w)
+    d_h = _dct2_rows(h, kh).to(x.device)
+    d_w_t = _dct2_rows(w, kw).T.contiguous().to(x.device)
+
+    def bits(chunk: torch.Tensor) -> torch.Tensor:
+        coef = (d_h @ chunk.to(torch.float64) @ d_w_t).flatten(2)  # top-left block of dctn
+        return coef >= coef.mean(dim=2, keepdim=True)
+
+    return in_chunks(bits, x, c * h * w, _CHUNK_ELEMENTS)
 
 
 def similarity(batches: Iterable[torch.Tensor], *, hash_size: int = 8) -> np.ndarray:
-    """Mean perceptual-hash similarity of every channel pair → float64 [C, C].
+    """Mean perceptual-hash similarity of every channel pair of the maps in ``batches`` (the
+    ``conv`` tap, float [B, C, H, W]) → float64 [C, C]; see :func:`hash_similarity`."""
+    return hash_similarity(statistics(x, hash_size=hash_size) for x in checked_maps(batches, dtype=None))
 
-    ``batches`` yields float [B, C, H, W] CPU tensors (the ``conv`` tap); every image of every
-    batch counts once. similarity[i, j] = 1 − Hamming(hash_i, hash_j) / n_bits averaged over
-    images, n_bits = min(hash_size, H) · min(hash_size, W); the diagonal is exactly 1.
+
+def hash_similarity(hashes: Iterable[torch.Tensor]) -> np.ndarray:
+    """Mean similarity of every channel pair → float64 [C, C], from the maps' hash bits (bool
+    [B, C, n_bits] batches, the method's ``statistics``); every image counts once.
+    similarity[i, j] = 1 − Hamming(hash_i, hash_j) / n_bits averaged over images,
+    n_bits = min(hash_size, H) · min(hash_size, W); the diagonal is exactly 1.
 
     All-pairs comparison: with bits as ±1 values s, s_i · s_j = agreements − disagreements, so
     Hamming = (n_bits − s_i · s_j) / 2 and Σ_images s_i · s_j for all pairs is one GEMM of the
@@ -117,26 +131,20 @@ def similarity(batches: Iterable[torch.Tensor], *, hash_size: int = 8) -> np.nda
     small integers, exact in float32 (chunks keep every sum ≤ 2**24), and are accumulated as
     int64, so the result is exact up to the final division.
     """
-    if int(hash_size) != hash_size or hash_size < 1:
-        raise ValueError(f"hash_size must be a positive integer, got {hash_size!r}")
-    hash_size = int(hash_size)
-
     dots: torch.Tensor | None = None  # Σ over images of s_i · s_j, int64 [C, C]
     n_images = 0
-    for batch in checked_maps(batches, dtype=None):  # hashed chunk by chunk, in float64
-        b, c, h, w = batch.shape
+    for bits in hashes:
+        bits = torch.as_tensor(bits).to("cpu")
+        b, c, n_bits = bits.shape
         if dots is None:
-            kh, kw = min(hash_size, h), min(hash_size, w)
-            n_bits = kh * kw
-            d_h = _dct2_rows(h, kh)
-            d_w_t = _dct2_rows(w, kw).T.contiguous()
             dots = torch.zeros((c, c), dtype=torch.int64)
-        step = max(1, min(_CHUNK_ELEMENTS // (c * h * w), _FLOAT32_EXACT // n_bits))
-        for chunk in batch.cpu().split(step, dim=0):
-            s = _signed_hashes(chunk, d_h, d_w_t)  # [b, C, n_bits]
+        for chunk in bits.split(max(1, _FLOAT32_EXACT // n_bits), dim=0):
+            s = chunk.to(torch.float32) * 2.0 - 1.0  # [b, C, n_bits]
             x = s.transpose(0, 1).reshape(c, -1)  # [C, b·n_bits]
             dots += (x @ x.T).to(torch.int64)
         n_images += b
+    if not n_images:
+        raise ValueError("no hashes: the batch iterable was empty")
     # mean over images of 1 − (n_bits − dot) / (2 n_bits) = (N·n_bits + Σdot) / (2·N·n_bits)
     total = dots.numpy() + n_images * n_bits
     return total.astype(np.float64) / float(2 * n_images * n_bits)
@@ -275,7 +283,7 @@ def group_similarity(similarities: Sequence[np.ndarray]) -> np.ndarray:
 def score(group, *, hash_size: int = 8, images: int = 128, threshold: float = 0.7) -> np.ndarray:
     """Ranking scores of a group's decomposition at ``threshold`` (see ``ranking_scores``); the
     group's similarity and summed L1 norms go to ``group.extra`` for the native plan form."""
-    sim = group_similarity([similarity(group.maps(tap, images), hash_size=hash_size) for tap in group.taps])
+    sim = group_similarity([hash_similarity(group.statistics(tap, images)) for tap in group.taps])
     norms = np.sum([filter_norms(conv) for conv in group.writers()], axis=0)
     group.extra.update(similarity=sim, l1=norms)
     return ranking_scores(decompose(sim, norms, threshold)[1], norms)

@@ -40,6 +40,15 @@ class ModuleIO:
 
 
 @dataclass(frozen=True)
+class TensorIO:
+    """A parameter or buffer that the forward pass combines elementwise with channels (ConvNeXt's
+    layer_scale): its axis ``dim`` is made of ``groups`` (concat order)."""
+
+    groups: tuple[str, ...]
+    dim: int
+
+
+@dataclass(frozen=True)
 class RateEntry:
     """One entry of the seeds' ``compress_rate`` list.
 
@@ -63,6 +72,8 @@ class ArchSpec:
     # Ops a trace could not follow, in the order the forward pass met them (their channels are
     # kept whole); the first is what ``fmprune check`` names.
     unsupported: tuple[str, ...] = ()
+    # Qualified name -> axes of each bare parameter or buffer that follows channels (traced specs).
+    tensors: dict[str, TensorIO] = field(default_factory=dict)
 
     def offsets(self, names: tuple[str, ...]) -> list[int]:
         """Start offset of each named group inside their concatenation."""

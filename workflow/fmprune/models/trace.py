@@ -4,19 +4,21 @@ torch.fx records the forward pass as a graph of leaf modules (every module with 
 in :mod:`fmprune.layers`, and torch.nn's own) and tensor ops; an interpreter runs that graph on
 an example input and follows, for every tensor, which channels its channel axis holds. Channels
 live in *atoms*: a producer's output (conv, linear, index map) is a new atom; channel-wise ops
-pass atoms through; add/sub/mul of two tensors couple their atoms (one index set); concatenation
-lays atoms side by side; a split or slice inside an atom cuts it (and every atom coupled to it)
-in two. At the end each class of coupled atoms is one channel group, named after the module
-that first writes it.
+pass atoms through; add/sub/mul of two tensors couple their atoms (one index set), while a
+bare parameter or buffer that holds channels along their axis (ConvNeXt's layer_scale) follows
+them and is cut with them (:data:`fmprune.layers.TENSOR_RULE`); concatenation lays atoms side by
+side; a split or slice inside an atom cuts it (and every atom coupled to it) in two. At the end
+each class of coupled atoms is one channel group, named after the module that first writes it.
 
 A group is not prunable when it reaches the model's output, is normalised across channels
-(LayerNorm, GroupNorm), feeds a grouped conv, is sliced or split at positions the code fixes (a
-chunk stays even when its pieces are one group), touches an op the tracer does not understand,
-or no module's own [N, C, H, W] output carries it to tap; ``ChannelGroup.reason`` says which op
-and module. torch.fx was chosen over an autograd-graph walk (Torch-Pruning's) because its nodes
-keep each op's arguments (cat's dim, split sizes, slices) and the module names that specs,
-surgery and feature taps are keyed by. Python branches on tensor shapes are decided on the
-example input (see ``_LeafTracer.to_bool``); branches on tensor values make a model untraceable.
+(LayerNorm, GroupNorm), feeds a grouped conv, is divided by a parameter, is sliced or split at
+positions the code fixes (a chunk stays even when its pieces are one group), touches an op the
+tracer does not understand, or no module's own [N, C, H, W] output carries it to tap;
+``ChannelGroup.reason`` says which op and module. torch.fx was chosen over an autograd-graph walk
+(Torch-Pruning's) because its nodes keep each op's arguments (cat's dim, split sizes, slices) and
+the module names that specs, surgery and feature taps are keyed by. Python branches on tensor
+shapes are decided on the example input (see ``_LeafTracer.to_bool``); branches on tensor values
+make a model untraceable.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 
 from .. import FmpruneError
 from ..layers import rule_for
-from .spec import ArchSpec, ChannelGroup, ModuleIO, RateEntry
+from .spec import ArchSpec, ChannelGroup, ModuleIO, RateEntry, TensorIO
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                nn.Hardswish, nn.Hardtanh, nn.Softplus, nn.Tanh, nn.PReLU)
@@ -58,6 +60,12 @@ _ELEMENTWISE_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 _SPATIAL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d, F.interpolate,
                       F.dropout2d}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
+# Ops by which a parameter or buffer may follow channels. Masking zeroes its removed entries,
+# which a division would turn into inf or NaN: channels divided by one are kept whole.
+_FOLLOWER_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.iadd, operator.isub, operator.imul,
+                       torch.add, torch.sub, torch.mul}
+_FOLLOWER_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "__add__", "__mul__", "__radd__", "__rmul__"}
+_DIVISIONS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 
 
 class _Unsupported(Exception):
@@ -214,8 +222,14 @@ def _where(node: torch.fx.Node) -> str:
 
 
 class _ChannelInterpreter(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule):
+    def __init__(self, gm: torch.fx.GraphModule, free: set[str]):
         super().__init__(gm)
+        self.free = free  # parameters and buffers that may follow channels (no layer rule owns them)
+        self.uses: Counter[str] = Counter()  # tensor -> ops that read it
+        for n in gm.graph.nodes:
+            if n.op == "get_attr":
+                self.uses[n.target] += len(n.users)
+        self.tensors: dict[str, list[tuple[tuple[int, ...], int]]] = {}  # tensor -> [(atoms, its axis)] per use
         self.atoms = _Atoms()
         self.layouts: dict[torch.fx.Node, object] = {}
         self.io: dict[str, list] = {}  # module -> [(out atoms, inp atoms, inp expand)] per call
@@ -394,7 +408,8 @@ class _ChannelInterpreter(torch.fx.Interpreter):
 
     # -- tensor ops ------------------------------------------------------------------------
     def _elementwise(self, node: torch.fx.Node, value: torch.Tensor):
-        """Broadcasting ops: operands with the channel axis couple; others must broadcast over it."""
+        """Broadcasting ops: operands with the channel axis couple; a parameter or buffer along it
+        follows them (:meth:`_follower`); other operands must broadcast over it."""
         tensors = [a for a in tree_flatten((node.args, node.kwargs))[0] if isinstance(a, torch.fx.Node)]
         tracked, dim = [], None
         for arg in tensors:
@@ -411,22 +426,47 @@ class _ChannelInterpreter(torch.fx.Interpreter):
             tracked.append(lay)
         if not tracked:
             return None
+        first, followers, whole = tracked[0], [], []
         for arg in tensors:
             shape = self.shapes.get(arg)
             if shape is None or isinstance(self.lay(arg), _Layout):
                 continue
-            offset = value.dim() - len(shape)
-            if dim - offset >= 0 and shape[dim - offset] != 1:
-                what = f"parameter {arg.target}" if arg.op == "get_attr" else f"tensor {arg.name}"
-                raise _Unsupported(f"combines them with {what}, whose channels fmprune cannot cut")
-        first = tracked[0]
+            axis = dim - (value.dim() - len(shape))
+            if axis >= 0 and shape[axis] != 1:
+                reason = self._follower(node, arg, first)
+                if reason:
+                    whole.append(reason)
+                else:
+                    followers.append((arg.target, axis))
         for other in tracked[1:]:
             if other.expand != first.expand or self._width(other) != self._width(first):
                 raise _Unsupported("operands lay out their channels differently")
             self.atoms.couple(first.atoms, other.atoms)
         if value.shape[dim] != self._width(first):
             raise _Unsupported("changes the channel axis")
+        for target, axis in followers:
+            self.tensors.setdefault(target, []).append((first.atoms, axis))
+        for reason in whole:
+            self.atoms.mark(first.atoms, reason)
         return _Layout(dim, first.atoms, first.expand)
+
+    def _follower(self, node: torch.fx.Node, arg: torch.fx.Node, lay: _Layout) -> str:
+        """"" when ``arg``, a parameter or buffer no layer rule owns, follows the unflattened channels
+        ``lay`` that ``node`` adds it to, subtracts or multiplies it with (not writing into it); the
+        reason to keep them whole when it divides them; raises for any other tensor or op."""
+        method = node.target if node.op == "call_method" else None
+        divides = node.target in _DIVISIONS
+        follows = divides or node.target in _FOLLOWER_FUNCTIONS or method in _FOLLOWER_METHODS
+        in_place = node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv) or (
+            method or "").endswith("_")
+        if (arg.op != "get_attr" or arg.target not in self.free or not follows or (in_place and node.args[0] is arg)
+                or lay.expand != 1):
+            what = f"parameter {arg.target}" if arg.op == "get_attr" else f"tensor {arg.name}"
+            raise _Unsupported(f"combines them with {what}, whose channels fmprune cannot cut")
+        if divides:
+            return (f"{_op_name(node)} in {_where(node)} divides by or into parameter {arg.target}, so a silenced "
+                    "channel would divide by zero")
+        return ""
 
     def _cat(self, node: torch.fx.Node, value: torch.Tensor):
         tensors = node.args[0]
@@ -574,7 +614,7 @@ def trace(model: nn.Module, example: torch.Tensor, arch: str = "traced") -> Arch
             graph = _LeafTracer(example).trace(model)
         except Exception as exc:  # torch.fx raises many types; the first line says what failed
             raise FmpruneError(f"{arch}: torch.fx cannot trace the forward pass: {str(exc).splitlines()[0]}") from None
-        interp = _ChannelInterpreter(torch.fx.GraphModule(model, graph))
+        interp = _ChannelInterpreter(torch.fx.GraphModule(model, graph), _free_tensors(model))
         with torch.no_grad():
             try:
                 interp.run(example)
@@ -584,6 +624,12 @@ def trace(model: nn.Module, example: torch.Tensor, arch: str = "traced") -> Arch
     finally:
         model.train(was_training)
     return _assemble(interp, dict(model.named_modules()), arch)
+
+
+def _free_tensors(model: nn.Module) -> set[str]:
+    """Qualified names of the parameters and buffers of modules without a layer rule."""
+    return {f"{name}.{t}".lstrip(".") for name, m in model.named_modules() if rule_for(m) is None
+            for t, _ in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]}
 
 
 def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: str) -> ArchSpec:
@@ -599,6 +645,15 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         if any(r != resolved[0] for r in resolved):
             for o, i, _ in calls:
                 atoms.mark(o + i, f"module {name} is called {len(calls)} times on different channels")
+    # A parameter or buffer follows channels when every op that reads it follows the same ones.
+    tensor_axes = {}
+    for name, calls in interp.tensors.items():
+        resolved = {(tuple(roots(a)), axis) for a, axis in calls}
+        if len(resolved) == 1 and len(calls) == interp.uses[name]:
+            tensor_axes[name] = calls[0]
+        else:
+            atoms.mark(sum((a for a, _ in calls), ()), f"parameter {name} is read by {interp.uses[name]} ops, "
+                                                       "not all following the same channels")
 
     for reason, pieces in interp.chunks:
         if any(roots(p) != roots(pieces[0]) for p in pieces):
@@ -608,6 +663,7 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         return min(atoms.members[root], key=lambda m: atoms.order[m])
 
     used = {r for calls in interp.io.values() for o, i, _ in calls[:1] for r in roots(o) + roots(i)}
+    used |= {r for a, _ in tensor_axes.values() for r in roots(a)}
     input_roots = {r for r in used if atoms.origin[first(r)][0] == "input"}
     names: dict[int, str] = {}
     for r in sorted(used - input_roots, key=lambda r: atoms.order[first(r)]):
@@ -622,6 +678,7 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         return () if set(rs) <= input_roots else tuple(names.get(r, "input") for r in rs)
 
     io = {name: ModuleIO(out=axis(o), inp=axis(i), inp_expand=e) for name, ((o, i, e), *_) in interp.io.items()}
+    tensors = {name: TensorIO(axis(a), dim) for name, (a, dim) in tensor_axes.items() if axis(a)}
     candidates: dict[str, list[tuple[str, list[int]]]] = {"act": [], "conv": []}
     for name, layout, nchw in interp.outputs:
         if not nchw or interp.calls[name] != 1:
@@ -658,4 +715,4 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         groups["input"] = ChannelGroup("input", atoms.size[next(iter(input_roots))], prunable=False,
                                        reason="the model's input")
     layout = tuple(RateEntry(g, g) for g, spec in groups.items() if spec.prunable)
-    return ArchSpec(arch, groups, io, layout, tuple(interp.unsupported))
+    return ArchSpec(arch, groups, io, layout, tuple(interp.unsupported), tensors)
