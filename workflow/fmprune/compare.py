@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from scipy.stats import hypergeom
 
 from . import FmpruneError
-from .export import RUNTIME_COLUMNS, runtime_columns
+from .export import SPEED_COLUMNS, speed_figures
 from .io import atomic_path, atomic_write_text, read_json
 from .methods import ORDER as METHOD_ORDER
 from .models import spec_of
@@ -32,7 +32,7 @@ SERIES_ORDER = (EQUAL, NATIVE)
 # The task's figures (Task.compared: acc.json key -> column) are averaged over seeds and shown
 # as mean ± std; speeds are medians over seeds.
 # (eager PyTorch, then per runtime of the config's ``runtimes``)
-SPEEDS = ("latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS)
+SPEEDS = SPEED_COLUMNS
 OPTIONAL = ("top1_flagged", "before_ft_bn", *SPEEDS, "knob")
 TABLE_LEGEND = (
     "before_ft = {what} of the pruned model before fine-tuning; before_ft_bn = the same after "
@@ -154,8 +154,8 @@ def _baseline_row(baseline: dict, task: Task) -> dict:
 
 def _speeds(report: dict) -> dict:
     """A report's :data:`SPEEDS` (None where it has no figure)."""
-    speeds = {**report, **runtime_columns(report)}
-    return {key: speeds.get(key) for key in SPEEDS}
+    figures = speed_figures(report)
+    return {key: figures.get(key) for key in SPEEDS}
 
 
 def _cost(macs: float, params: float, baseline: dict) -> dict:

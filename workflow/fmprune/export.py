@@ -38,6 +38,16 @@ ATOL, RTOL = 1e-4, 1e-4  # an export's outputs equal the model's within ATOL + R
 RUNTIME_COLUMNS = [f"{key}_{runtime}" for runtime in RUNTIMES for key in ("latency_ms_b1", "throughput_ips")]
 
 
+# every speed column of a report: eager PyTorch's (latency, throughput), then each runtime's
+SPEED_COLUMNS = ("latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS)
+
+
+def speed_figures(report: dict) -> dict[str, float]:
+    """The :data:`SPEED_COLUMNS` a report (acc.json, pruned.json) has figures for."""
+    speeds = {**report, **runtime_columns(report)}
+    return {k: speeds[k] for k in SPEED_COLUMNS if k in speeds}
+
+
 def runtime_columns(report: dict) -> dict[str, float]:
     """The :data:`RUNTIME_COLUMNS` of a report (acc.json, pruned.json) whose runtimes ran."""
     return {f"{key}_{runtime}": figures[key] for runtime, figures in report.get("runtimes", {}).items()

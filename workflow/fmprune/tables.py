@@ -8,7 +8,7 @@ import pandas as pd
 
 from . import paths
 from .config import model_methods, plan_seeds
-from .export import RUNTIME_COLUMNS, runtime_columns
+from .export import SPEED_COLUMNS, runtime_columns, speed_figures
 from .io import atomic_write_text, read_json
 from .methods import paper_macs, rule_logs
 from .tasks import TASKS, of_model
@@ -18,8 +18,7 @@ from .tasks import TASKS, of_model
 METRIC_DIGITS = {col: task.digits for task in TASKS.values() for col in task.columns}
 COLUMNS = ["model", "method", "plan", "seeds", *METRIC_DIGITS,
            "params", "params_reduction_pct", "macs", "macs_reduction_pct", "macs_thop", "epochs",
-           "latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS]
-SPEED_COLUMNS = ("latency_ms_b1", "throughput_ips", *RUNTIME_COLUMNS)  # medians over seeds
+           *SPEED_COLUMNS]  # speeds: medians over seeds
 
 
 def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
@@ -49,8 +48,7 @@ def summary(acc_files: list[Path], baseline_files: list[Path]) -> pd.DataFrame:
 
 
 def _speed(report: dict) -> dict:
-    speeds = {**report, **runtime_columns(report)}
-    return {k: round(speeds[k], 2) for k in SPEED_COLUMNS if k in speeds}
+    return {k: round(v, 2) for k, v in speed_figures(report).items()}
 
 
 def _mean_std(values: pd.Series, digits: int = 2) -> str | float:
