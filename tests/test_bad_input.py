@@ -143,6 +143,7 @@ CONFIG_CASES = {
     "unknown method's parameters": (_set("method_params.magic", {}), "unknown method 'magic'"),
     "hrank with float16 taps": (_set("features.dtype", "float16"), "features.dtype"),
     "unknown runtime": (_set("runtimes", ["bogus"]), "runtimes.0"),
+    "unknown features.store": (_set("features.store", "everything"), "features.store"),
 }
 
 
