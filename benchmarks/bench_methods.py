@@ -136,16 +136,14 @@ def naive_scores(method: str, spec, model: nn.Module, ff: "FirstImages", batch_s
             p = resolved_params("rgd")
             sim = rgd.group_similarity([naive_rgd.similarity(maps(g, t, p["images"]), hash_size=p["hash_size"])
                                         for t in taps])
-            norms = np.sum([conv.weight.detach().abs().sum((1, 2, 3)).double().numpy() for conv in group.writers()],
-                           axis=0)
+            norms = np.sum([f.abs().sum(1).double().numpy() for f in group.filters()], axis=0)
             scores[g] = rgd.ranking_scores(rgd.decompose(sim, norms, p["threshold"])[1], norms)
         elif method == "taylor":
             part = spec.groups[g].tap_slices
             scores[g] = combine([naive_taylor.channel_scores(terms[t][:, slice(*part[t]) if t in part else slice(None)])
                                  for t in taps])
         elif method == "fpgm":
-            scores[g] = np.sum([naive_fpgm.distance_sums(conv.weight.detach().numpy()) for conv in group.writers()],
-                               axis=0)
+            scores[g] = np.sum([naive_fpgm.distance_sums(f.numpy()) for f in group.filters()], axis=0)
         elif method == "bnscale":
             scores[g] = naive_bnscale.channel_scores([bn.weight.detach()[part].numpy()
                                                       for bn, part in group.batch_norms()])

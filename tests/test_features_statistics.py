@@ -10,7 +10,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from fmprune import FmpruneError, fingerprints
 from fmprune import config as cfglib
@@ -19,6 +21,7 @@ from fmprune.features import FeatureFile, contents_for, extract
 from fmprune.methods import (METHODS, ParamError, Setting, check_setting, defaults, has_statistics, images_read, reads,
                              score_groups, statistics_params, streaming)
 from fmprune.models import build, register
+from fmprune.models.trace import trace
 from fmprune.tasks import CLASSIFICATION
 
 from .conftest import REPO
@@ -41,7 +44,8 @@ def extract_both(model, spec, tmp_path, methods: list[str], params: dict) -> dic
         c = contents_for(spec, {m: params.get(m, {}) for m in methods}, store)
         path = tmp_path / f"{store}.h5"
         extract(model, [(x[:2], y[:2]), (x[2:], y[2:])], np.arange(5), c.taps, path, {"arch": "a"},
-                taylor_taps=c.taylor_taps, loss=CLASSIFICATION.loss, statistics=c.statistics, map_images=c.map_images)
+                taylor_taps=c.taylor_taps, loss=CLASSIFICATION.loss, statistics=c.statistics, map_images=c.map_images,
+                axes=c.axes)
         files[store] = FeatureFile(path)
     return files
 
@@ -95,6 +99,54 @@ def test_statistics_give_maps_mode_scores_on_a_traced_torchvision_model(tmp_path
     files = extract_both(model, setting.spec, tmp_path, methods, FEW)
     try:
         assert_same_scores(model, setting.spec, files, methods, FEW)
+    finally:
+        for ff in files.values():
+            ff.h5.close()
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's MLP on channels-last maps: its hidden channels exist only as [N, H, W, C]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pw1, self.act, self.pw2 = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 12), nn.GELU(), nn.Linear(12, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        s = s + self.pw2(self.act(self.pw1(s.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+        return self.head(s.mean((2, 3)))
+
+    def channel_spec(self):
+        return trace(self, torch.randn(2, 3, 32, 32), "channels-last")
+
+
+def test_channels_last_taps_are_stored_scored_and_reduced_as_channels_first(tmp_path):
+    torch.manual_seed(0)
+    model = ChannelsLast().eval()
+    spec = model.channel_spec()
+    assert spec.prunable_groups() == ["stem", "pw1"]
+    assert spec.groups["pw1"].taps == {"act": ("act",), "conv": ("pw1",)}
+    assert spec.groups["pw1"].tap_axes == {"act": 3, "pw1": 3}
+    methods = [m for m in FEATURE_METHODS if m != "fpfmc" and _accepted(m, Setting("cl", "methods", "float32", model))]
+    assert "taylor" in methods and "hrank" in methods
+    files = extract_both(model, spec, tmp_path, methods + ["fpfmc"], FEW)
+    try:
+        gen = torch.Generator().manual_seed(5)  # extract_both's images
+        x, y = torch.randn(5, 3, 32, 32, generator=gen), torch.randint(0, 10, (5,), generator=gen)
+        with torch.no_grad():
+            s = F.relu(model.stem(x))
+            z = model.pw1(s.permute(0, 2, 3, 1))
+        h = model.act(z).requires_grad_()  # the act tap, [N, H, W, C]
+        out = model.head((s + model.pw2(h).permute(0, 3, 1, 2)).mean((2, 3)))
+        (grad,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), h)
+        maps = files["maps"]
+        assert maps.h5["taps/pw1"].shape == (5, 12, 32, 32)
+        torch.testing.assert_close(torch.cat(list(maps.batches("pw1", batch_size=5))), z.permute(0, 3, 1, 2),
+                                   rtol=0, atol=0)
+        np.testing.assert_allclose(maps.taylor_terms("act"), (h.detach().double() * grad.double()).mean((1, 2)).numpy(),
+                                   rtol=1e-6, atol=1e-12)
+        assert_same_scores(model, spec, files, methods, FEW)
     finally:
         for ff in files.values():
             ff.h5.close()

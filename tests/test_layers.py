@@ -1,6 +1,5 @@
 """Layer rules (prune / mask / MACs) for every supported layer type, on a model that uses them all."""
 import copy
-from dataclasses import replace
 
 import pytest
 import torch
@@ -96,12 +95,12 @@ def test_a_cut_reaches_every_coupled_producer():
     ok, line = check_model(SliceAfterCoupling(fixed=False), "chunks", 12)
     assert ok and line.startswith("ok chunks;"), line
     spec = trace(SliceAfterCoupling(fixed=False).eval(), torch.randn(2, 3, 12, 12), "chunks")
-    assert spec.prunable_groups() == ["conv[0:4]"]  # the halves multiply: one group, so chunk(2) stays even
+    # the halves multiply: one group, so chunk(2) stays even; the MLP's hidden channels are a group of their own
+    assert spec.prunable_groups() == ["conv[0:4]", "pw1"]
     assert spec.modules["pw2"].out == spec.modules["conv"].out == ("conv[0:4]", "conv[0:4]")
-    assert spec.groups["pw1"].reason == "no module's own [N, C, H, W] output carries it to tap"
     ok, line = check_model(SliceAfterCoupling(fixed=True), "slices", 12)
     spec = trace(SliceAfterCoupling(fixed=True).eval(), torch.randn(2, 3, 12, 12), "slices")
-    assert ok and spec.prunable_groups() == []  # y[:, :4] would read other channels once pruned
+    assert ok and spec.prunable_groups() == ["pw1"]  # y[:, :4] would read other channels once pruned
     assert spec.groups["conv[0:4]"].reason == "operator.getitem in the model's forward cuts channels at fixed positions"
 
 
@@ -153,11 +152,10 @@ def test_a_bare_parameter_follows_the_channels_it_scales():
     assert ok and line.startswith("ok layer-scale;"), line
     model, x = LayerScale().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
     spec = trace(model, x, "layer-scale")
-    assert spec.prunable_groups() == ["stem", "mid"]
-    assert spec.groups["pw1"].reason == "no module's own [N, C, H, W] output carries it to tap"
+    assert spec.prunable_groups() == ["stem", "pw1", "mid"]
+    # the MLP's hidden channels are tapped channels-last (F.gelu is no module: the linear layer's output is both taps)
+    assert spec.groups["pw1"].taps == {"act": ("pw1",), "conv": ("pw1",)} and spec.groups["pw1"].tap_axes == {"pw1": 3}
     assert spec.tensors == {"gamma": TensorIO(("stem",), 0), "shift": TensorIO(("mid",), 1)}
-    # the MLP's hidden channels lack only a map to tap: cut channels-last, they prune to their masked twin too
-    spec = replace(spec, groups={**spec.groups, "pw1": replace(spec.groups["pw1"], prunable=True, reason="")})
     stem, hidden, mid = torch.tensor([0, 2, 3, 5, 7]), torch.tensor([1, 2, 3, 5, 8, 13]), torch.tensor([1, 4])
     kept = {"stem": stem, "pw1": hidden, "mid": mid}
     pruned, masked = pruned_copy(model, kept, spec), mask_(copy.deepcopy(model), kept, spec)

@@ -10,8 +10,8 @@ from torch import nn
 
 from fmprune import compare, fingerprints, plan
 from fmprune import config as cfglib
-from fmprune.methods import (METHODS, ORDER, WEIGHTS, cdp, combine, defaults, l1, reads, rgd, rule_logs,
-                             score_groups)
+from fmprune.methods import (METHODS, ORDER, WEIGHTS, cdp, combine, defaults, l1, output_filters, reads, rgd,
+                             rule_logs, score_groups)
 from fmprune.methods import random as random_method
 
 from ..conftest import REPO
@@ -48,7 +48,7 @@ def seeds_scores(method, e, ff):
         return ff.batches(tap, 64, images=images, channels=spec.groups[g].tap_slices.get(tap))
 
     def norms(g):
-        return [l1.filter_norms(convs[p]) for p in spec.producers(g) if p in convs]
+        return [l1.filter_norms(output_filters(convs[p])) for p in spec.producers(g) if p in convs]
 
     out = {}
     for g in spec.prunable_groups():

@@ -75,13 +75,20 @@ def taylor_taps_for(spec: ArchSpec, kinds: set[str]) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def taylor_terms(outputs, y: torch.Tensor, loss, tapped: list[torch.Tensor]) -> list[np.ndarray]:
-    """For each tapped tensor z [B, C, H, W] of the forward pass that gave ``outputs``: the mean over
-    positions of z · ∂L/∂z, float64 [B, C], L = ``loss(outputs, y, reduction="sum")`` (zero for a
-    tap the loss does not depend on)."""
+def taylor_terms(outputs, y: torch.Tensor, loss, tapped: list[torch.Tensor],
+                 axes: list[int] | None = None) -> list[np.ndarray]:
+    """For each tapped tensor z of the forward pass that gave ``outputs`` (its channels on axis 1,
+    or on its entry of ``axes``): the mean over positions of z · ∂L/∂z, float64 [B, C],
+    L = ``loss(outputs, y, reduction="sum")`` (zero for a tap the loss does not depend on)."""
     grads = torch.autograd.grad(loss(outputs, y, reduction="sum"), tapped, allow_unused=True)
-    return [np.zeros(z.shape[:2]) if g is None else (z.detach().double() * g.double()).mean(dim=(2, 3)).cpu().numpy()
-            for z, g in zip(tapped, grads)]
+    out = []
+    for z, g, axis in zip(tapped, grads, axes or [1] * len(tapped)):
+        if g is None:
+            out.append(np.zeros((z.shape[0], z.shape[axis])))
+        else:
+            positions = tuple(d for d in range(1, z.dim()) if d != axis)
+            out.append((z.detach().double() * g.double()).mean(dim=positions).cpu().numpy())
+    return out
 
 
 CHUNK_BYTES = 4 << 20  # target size of one HDF5 chunk
@@ -122,6 +129,7 @@ class Contents:
     map_images: int | None  # maps are stored for the sample's first images only (None: all)
     statistics: tuple[Statistic, ...]
     taylor_taps: tuple[str, ...]
+    axes: dict[str, int] = field(default_factory=dict)  # tap -> its channel axis, where not 1
 
 
 def contents_for(spec: ArchSpec, method_params: dict[str, dict], store: str = "maps") -> Contents:
@@ -135,7 +143,7 @@ def contents_for(spec: ArchSpec, method_params: dict[str, dict], store: str = "m
     methods = [m for m in method_params if reads(m) is not None]
     taylor = taylor_taps_for(spec, {reads(m) for m in methods})
     if store == "maps":
-        return Contents(taps_for(spec, {reads(m) for m in methods}), None, (), taylor)
+        return Contents(taps_for(spec, {reads(m) for m in methods}), None, (), taylor, spec.channel_axes())
     by_maps = [m for m in methods if not has_statistics(m) and not reads(m).endswith(GRAD)]
     images = [images_read(m, method_params[m]) for m in by_maps]
     statistics = tuple(
@@ -143,7 +151,7 @@ def contents_for(spec: ArchSpec, method_params: dict[str, dict], store: str = "m
                   images_read(m, method_params[m]))
         for m in methods if has_statistics(m) for group, taps in spec.taps(tap_kind(m)).items() for tap in taps)
     map_images = None if None in images or not images else max(images)
-    return Contents(taps_for(spec, {reads(m) for m in by_maps}), map_images, statistics, taylor)
+    return Contents(taps_for(spec, {reads(m) for m in by_maps}), map_images, statistics, taylor, spec.channel_axes())
 
 
 def _chunks(shape: tuple[int, ...], itemsize: int, batch: int) -> tuple[int, ...]:
@@ -189,7 +197,7 @@ def _host_entry(path: str, t: torch.Tensor, rows: int, dtype: torch.dtype | None
     if t.is_cuda:
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         return _Entry(path, host.copy_(t, non_blocking=True), rows, attrs)
-    return _Entry(path, t.cpu(), rows, attrs)
+    return _Entry(path, t.cpu().contiguous(), rows, attrs)
 
 
 def _batch_entries(captured: dict[str, torch.Tensor], pos: int, n_images: int, taps: dict[str, str],
@@ -262,7 +270,8 @@ def _in_background():
 
 def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str], out: str | Path,
             attrs: dict, dtype: str = "float32", taylor_taps: tuple[str, ...] = (), loss=None,
-            statistics: tuple[Statistic, ...] = (), map_images: int | None = None) -> None:
+            statistics: tuple[Statistic, ...] = (), map_images: int | None = None,
+            axes: dict[str, int] | None = None) -> None:
     """Run ``batches`` (the sample ``indices`` as (x, y)) through ``model`` once, storing the maps
     of ``taps`` (of the first ``map_images`` images, default all) and the ``statistics`` (see
     :func:`contents_for`), and the labels when ``y`` holds one class per image (a saliency
@@ -272,6 +281,9 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
     ``loss(outputs, y, reduction="sum")`` (the task's loss: summed, so each image's gradient is
     that of its own loss) gives each of those modules' Taylor terms, the mean over positions of
     z · ∂L/∂z per image and channel.
+
+    A tap whose channels lie on another axis than 1 (``axes``: module -> axis; a channels-last
+    [N, H, W, C] output) is stored, reduced and Taylor-scored with them moved to axis 1.
 
     Maps are cast to ``dtype`` and statistics computed on the taps' device; each tap is then
     copied to the host once per batch, and written by a background thread while the next batch
@@ -286,7 +298,8 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
         raise FmpruneError(f"model has no module named {missing[0]} to tap")
     if taylor_taps and loss is None:
         raise FmpruneError("Taylor terms need the task's loss")
-    captured: dict[str, torch.Tensor] = {}
+    axes = axes or {}
+    captured: dict[str, torch.Tensor] = {}  # as the module returned it (a Taylor term differentiates it)
     handles = [
         modules[name].register_forward_hook(lambda _m, _i, o, name=name: captured.__setitem__(name, o))
         for name in hooked
@@ -312,11 +325,13 @@ def extract(model: nn.Module, batches, indices: np.ndarray, taps: dict[str, str]
                     b = len(y)
                     entries = []
                     if taylor_taps:
-                        terms = taylor_terms(outputs, y, loss, [captured[name] for name in taylor_taps])
+                        terms = taylor_terms(outputs, y, loss, [captured[name] for name in taylor_taps],
+                                             [axes.get(name, 1) for name in taylor_taps])
                         entries += [_Entry(f"taylor/{t}", torch.from_numpy(values), n_images)
                                     for t, values in zip(taylor_taps, terms)]
                     with torch.no_grad():
-                        entries += _batch_entries(captured, pos, n_images, taps, map_dtype, map_images, statistics)
+                        nchw = {name: o.movedim(axes[name], 1) if name in axes else o for name, o in captured.items()}
+                        entries += _batch_entries(nchw, pos, n_images, taps, map_dtype, map_images, statistics)
                     copied = torch.cuda.Event() if x.is_cuda else None  # the copies to the host end
                     if copied is not None:
                         copied.record()

@@ -174,7 +174,7 @@ def extract_features(cfg: dict, model: str, model_file: Path, out: Path) -> None
              "dataset": m["dataset"], "seed": f["seed"]}
     batches = data.train.batches(indices, f["batch_size"], data.norm, device=device)
     extract(net, batches, indices, contents.taps, out, attrs, dtype=f["dtype"], taylor_taps=contents.taylor_taps,
-            loss=data.task.loss, statistics=contents.statistics, map_images=contents.map_images)
+            loss=data.task.loss, statistics=contents.statistics, map_images=contents.map_images, axes=contents.axes)
 
 
 def save_scores(path: Path, scored: Scored, meta: dict) -> None:

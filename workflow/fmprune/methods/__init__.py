@@ -225,6 +225,20 @@ def combine(per_tap: list[np.ndarray]) -> np.ndarray:
     return np.mean(normalised, axis=0) * (np.mean(scales) if max(scales) > 0 else 1.0)
 
 
+WEIGHTED_WRITERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def output_filters(layer: nn.Module) -> torch.Tensor:
+    """The weights of each output channel of a conv, transposed conv or linear layer, one
+    flattened row per channel: [C_out, D]. (A transposed conv stores [C_in, C_out/groups, …]:
+    channel j of group k reads the group's C_in/groups inputs.)"""
+    w = layer.weight.detach()
+    if isinstance(layer, nn.ConvTranspose2d):
+        g = layer.groups
+        w = w.unflatten(0, (g, w.shape[0] // g)).transpose(1, 2).flatten(0, 1)
+    return w.flatten(1)
+
+
 @dataclass
 class GroupInputs:
     """What a method's ``score`` may read of one prunable channel group."""
@@ -281,19 +295,21 @@ class GroupInputs:
         return self.features.labels
 
     def _modules_of(self, kind) -> list[tuple[nn.Module, slice]]:
-        """Modules of type ``kind`` whose output axis carries the group, with its channel slice."""
+        """Modules of type ``kind`` whose output axis carries the group, with its channel slice
+        (one entry per place, when the axis holds the group twice: halves coupled by a product)."""
         modules = dict(self.model.named_modules())
         found = []
         for name in self.spec.producers(self.name):
             if isinstance(modules.get(name), kind):
                 out = self.spec.modules[name].out
-                start = self.spec.offsets(out)[out.index(self.name)]
-                found.append((modules[name], slice(start, start + self.channels)))
+                found += [(modules[name], slice(start, start + self.channels))
+                          for g, start in zip(out, self.spec.offsets(out)) if g == self.name]
         return found
 
-    def writers(self) -> list[nn.Conv2d]:
-        """The convs writing the group (several for a residual stream)."""
-        return [conv for conv, _ in self._modules_of(nn.Conv2d)]
+    def filters(self) -> list[torch.Tensor]:
+        """Per layer writing the group (several for a residual stream): its output filters of the
+        group's channels, one flattened row each (:func:`output_filters`)."""
+        return [output_filters(m)[sl] for m, sl in self._modules_of(WEIGHTED_WRITERS)]
 
     def batch_norms(self) -> list[tuple[nn.Module, slice]]:
         """BatchNorm layers whose output carries the group, with the group's slice of their channels

@@ -6,7 +6,7 @@ norms are divided by their mean before averaging, like every score-based method'
 from __future__ import annotations
 
 import numpy as np
-from torch import nn
+import torch
 
 from . import combine
 
@@ -14,10 +14,10 @@ READS = "weights"
 PARAMS: dict = {}  # keyword arguments of score, with their checks (see .params)
 
 
-def filter_norms(conv: nn.Conv2d) -> np.ndarray:
-    """L1 norm of each output filter of ``conv``."""
-    return conv.weight.detach().abs().flatten(1).sum(1).double().numpy()
+def filter_norms(filters: torch.Tensor) -> np.ndarray:
+    """L1 norm of each output filter (a row of ``filters``, :func:`fmprune.methods.output_filters`)."""
+    return filters.abs().sum(1).double().numpy()
 
 
 def score(group) -> np.ndarray:
-    return combine([filter_norms(conv) for conv in group.writers()])
+    return combine([filter_norms(f) for f in group.filters()])

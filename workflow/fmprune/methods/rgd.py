@@ -284,7 +284,7 @@ def score(group, *, hash_size: int = 8, images: int = 128, threshold: float = 0.
     """Ranking scores of a group's decomposition at ``threshold`` (see ``ranking_scores``); the
     group's similarity and summed L1 norms go to ``group.extra`` for the native plan form."""
     sim = group_similarity([hash_similarity(group.statistics(tap, images)) for tap in group.taps])
-    norms = np.sum([filter_norms(conv) for conv in group.writers()], axis=0)
+    norms = np.sum([filter_norms(f) for f in group.filters()], axis=0)
     group.extra.update(similarity=sim, l1=norms)
     return ranking_scores(decompose(sim, norms, threshold)[1], norms)
 

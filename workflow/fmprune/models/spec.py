@@ -22,6 +22,9 @@ class ChannelGroup:
     # module's output holds more than this group (DenseNet's shared BN-ReLU).
     taps: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tap_slices: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Tap module -> the axis of its output that holds channels, when not 1 (a channels-last
+    # [N, H, W, C] output: 3); feature files store every tap as [N, C, H, W].
+    tap_axes: dict[str, int] = field(default_factory=dict)
     # When set, a rate applies to the *kept* width of these groups, not to ``channels``: the
     # seeds size DenseNet's transitions as floor(W·(1 − r)) of their pruned input width W.
     width_of: tuple[str, ...] = ()
@@ -89,6 +92,10 @@ class ArchSpec:
 
     def prunable_groups(self) -> list[str]:
         return [g for g, spec in self.groups.items() if spec.prunable]
+
+    def channel_axes(self) -> dict[str, int]:
+        """Tap module -> its output's channel axis, for the taps whose channels are not on axis 1."""
+        return {t: d for spec in self.groups.values() for t, d in spec.tap_axes.items()}
 
     def taps(self, kind: str) -> dict[str, tuple[str, ...]]:
         """Prunable group -> its tap modules of ``kind``."""

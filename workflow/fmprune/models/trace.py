@@ -13,7 +13,9 @@ each class of coupled atoms is one channel group, named after the module that fi
 A group is not prunable when it reaches the model's output, is normalised across channels
 (LayerNorm, GroupNorm), feeds a grouped conv, is divided by a parameter, is sliced or split at
 positions the code fixes (a chunk stays even when its pieces are one group), touches an op the
-tracer does not understand, or no module's own [N, C, H, W] output carries it to tap;
+tracer does not understand, or no module's own 4-D output carries it to tap (a tap's channels may
+lie on axis 1, [N, C, H, W], or on the last axis, [N, H, W, C]: ConvNeXt's MLP; extraction moves
+them to axis 1);
 ``ChannelGroup.reason`` says which op and module. torch.fx was chosen over an autograd-graph walk
 (Torch-Pruning's) because its nodes keep each op's arguments (cat's dim, split sizes, slices) and
 the module names that specs, surgery and feature taps are keyed by. Python branches on tensor
@@ -233,7 +235,8 @@ class _ChannelInterpreter(torch.fx.Interpreter):
         self.atoms = _Atoms()
         self.layouts: dict[torch.fx.Node, object] = {}
         self.io: dict[str, list] = {}  # module -> [(out atoms, inp atoms, inp expand)] per call
-        self.outputs: list[tuple[str, _Layout, bool]] = []  # (module, output layout, 4-D NCHW) per leaf call
+        # (module, output layout, channel axis of a 4-D [N, C, H, W] or [N, H, W, C] output, else None) per leaf call
+        self.outputs: list[tuple[str, _Layout, int | None]] = []
         self.calls: Counter[str] = Counter()
         self.shapes: dict[torch.fx.Node, tuple[int, ...]] = {}
         self.chunks: list[tuple[str, list[tuple[int, ...]]]] = []  # (reason, atoms of each piece)
@@ -352,8 +355,8 @@ class _ChannelInterpreter(torch.fx.Interpreter):
         else:
             raise _Unsupported("a module type the tracer does not know")
         if isinstance(out, _Layout):
-            nchw = isinstance(value, torch.Tensor) and value.dim() == 4 and out.dim == 1 and out.expand == 1
-            self.outputs.append((name, out, nchw))
+            four_d = isinstance(value, torch.Tensor) and value.dim() == 4 and out.expand == 1
+            self.outputs.append((name, out, out.dim if four_d and out.dim in (1, 3) else None))
         return out
 
     def _rule_module(self, name: str, m: nn.Module, rule, lay, value: torch.Tensor):
@@ -680,13 +683,17 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
     io = {name: ModuleIO(out=axis(o), inp=axis(i), inp_expand=e) for name, ((o, i, e), *_) in interp.io.items()}
     tensors = {name: TensorIO(axis(a), dim) for name, (a, dim) in tensor_axes.items() if axis(a)}
     candidates: dict[str, list[tuple[str, list[int]]]] = {"act": [], "conv": []}
-    for name, layout, nchw in interp.outputs:
-        if not nchw or interp.calls[name] != 1:
+    channel_axis: dict[str, int] = {}
+    for name, layout, dim in interp.outputs:
+        if dim is None or interp.calls[name] != 1:
             continue
         m = modules[name]
-        kind = "act" if isinstance(m, ACTIVATIONS) else "conv" if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) else None
+        # the pre-activation output of a conv, or of a linear layer over channels-last maps (ConvNeXt's MLP)
+        producer = isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or (isinstance(m, nn.Linear) and dim == 3)
+        kind = "act" if isinstance(m, ACTIVATIONS) else "conv" if producer else None
         if kind:
             candidates[kind].append((name, roots(layout.atoms)))
+            channel_axis[name] = dim
 
     def taps(r: int, kind: str) -> tuple[tuple[str, ...], dict[str, tuple[int, int]]]:
         exact = tuple(name for name, rs in candidates[kind] if rs == [r])
@@ -705,12 +712,14 @@ def _assemble(interp: _ChannelInterpreter, modules: dict[str, nn.Module], arch: 
         act, conv = taps(r, "act"), taps(r, "conv")
         act, conv = act if act[0] else conv, conv if conv[0] else act
         if not reason and not act[0]:
-            reason = "no module's own [N, C, H, W] output carries it to tap"
+            reason = "no module's own [N, C, H, W] or [N, H, W, C] output carries it to tap"
         if reason:
             groups[name] = ChannelGroup(name, atoms.size[r], prunable=False, reason=reason)
         else:
+            tapped = act[0] + conv[0]
             groups[name] = ChannelGroup(name, atoms.size[r], taps={"act": act[0], "conv": conv[0]},
-                                        tap_slices={**act[1], **conv[1]})
+                                        tap_slices={**act[1], **conv[1]},
+                                        tap_axes={t: channel_axis[t] for t in tapped if channel_axis[t] != 1})
     if "input" in {g for mio in io.values() for g in mio.out + mio.inp}:
         groups["input"] = ChannelGroup("input", atoms.size[next(iter(input_roots))], prunable=False,
                                        reason="the model's input")
