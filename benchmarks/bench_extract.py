@@ -168,8 +168,8 @@ def run_scorer(job: dict) -> dict:
     w = Workload(job, images=False)  # the images are the file's
     with FeatureFile(job["out"]) as ff, measured() as m:
         if job["method"] == "read":  # every stored map, as the readers stream them, and every statistic
-            for tap in json.loads(ff.attrs["tap_kinds"]):
-                for _ in ff.batches(tap, job["batch_size"]):
+            for tap in json.loads(ff.attrs["tap_kinds"]):  # maps of the images stored (FP-FMC's first ones)
+                for _ in ff.batches(tap, job["batch_size"], images=ff.h5["taps"][tap].shape[0]):
                     pass
             for ds in _datasets(ff.h5["statistics"]) if "statistics" in ff.h5 else []:
                 for start in range(0, ds.shape[0], job["batch_size"]):

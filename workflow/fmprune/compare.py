@@ -217,9 +217,12 @@ def _pm(mean, std, digits: int = 2) -> str:
 # Pareto plot
 
 
-def _method_colors(methods) -> dict[str, tuple]:
-    palette = colormaps["tab10"].colors + colormaps["Dark2"].colors
-    return {m: palette[i % len(palette)] for i, m in enumerate(sorted(methods, key=method_rank))}
+def _method_styles(methods) -> dict[str, tuple[tuple, str]]:
+    """Method -> (colour, marker): ten colours, then the same colours with the next marker, so
+    that fourteen methods stay tellable apart."""
+    palette, markers = colormaps["tab10"].colors, "osD^v"
+    return {m: (palette[i % len(palette)], markers[i // len(palette) % len(markers)])
+            for i, m in enumerate(sorted(methods, key=method_rank))}
 
 
 def _pareto_figure(table: pd.DataFrame, baseline: dict, task: Task) -> Figure:
@@ -233,22 +236,22 @@ def _pareto_figure(table: pd.DataFrame, baseline: dict, task: Task) -> Figure:
               (before, "(b) before fine-tuning",
                f"{name} before fine-tuning, BN re-estimated{unit}" if before == "before_ft_bn"
                else f"{name} before fine-tuning{unit}")]
-    colors = _method_colors(runs["method"].unique())
+    styles = _method_styles(runs["method"].unique())
     fig = Figure(figsize=(12, 5.2), dpi=150, layout="constrained")
     for ax, (col, title, ylabel) in zip(fig.subplots(1, 2), panels):
         for (method, series), g in runs.groupby(["method", "series"]):
             g = g.sort_values("macs_m")
             std = g[f"{col}_std"]
             native = series == NATIVE
+            color, marker = styles[method]
             ax.errorbar(g["macs_m"], g[f"{col}_mean"], yerr=std.fillna(0) if std.notna().any() else None,
-                        color=colors[method], capsize=3,
-                        linestyle="--" if native else "-", marker="o", markersize=6,
-                        markerfacecolor="white" if native else colors[method])
+                        color=color, capsize=3, linestyle="--" if native else "-", marker=marker, markersize=6,
+                        markerfacecolor="white" if native else color)
         ax.axhline(baseline[task.headline], color="black", linestyle=":", linewidth=1)
         ax.plot(baseline["macs"] / 1e6, baseline[task.headline], marker="*", color="black", markersize=14, linestyle="")
         ax.set(title=title, xlabel="MACs (M)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
+    handles = [Line2D([], [], color=c, marker=marker, label=m) for m, (c, marker) in styles.items()]
     handles += [Line2D([], [], color="black", marker="o", label=EQUAL),
                 Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="--", label=NATIVE),
                 Line2D([], [], color="black", marker="*", markersize=12, linestyle=":", label="baseline")]
