@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -66,23 +65,18 @@ def compare(tp, builder: str, side: int) -> list:
     register(arch, num_classes=1000, input_size=side)
     torch.manual_seed(0)
     model = build(arch).eval()
-    start = time.perf_counter()
     ours, whole = fmprune_groups(model)
-    traced = time.perf_counter() - start
     output = [m for m, reason in whole.items() if reason == "it reaches the model's output"]
     modules = dict(model.named_modules())
-    start = time.perf_counter()
     try:
         theirs = torch_pruning_groups(tp, model, torch.randn(1, 3, side, side), [modules[n] for w in output for n in w])
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning's failure is a result of the comparison
-        return [builder, len(ours), f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}", "", "", "", "",
-                f"{traced:.1f}", ""]
-    seconds = time.perf_counter() - start
+        return [builder, len(ours), f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}", "", "", "", ""]
     both, only_ours, only_theirs = set(ours) & theirs, set(ours) - theirs, theirs - set(ours)
     why = sorted({whole.get(w, "not a group of fmprune's (its writers are split or merged otherwise)").split(" (")[0]
                   for w in only_theirs})
-    return [builder, len(ours), len(theirs), len(both), len(only_ours), len(only_theirs), "; ".join(why[:3]).replace("|", "/"),
-            f"{traced:.1f}", f"{seconds:.1f}"]
+    return [builder, len(ours), len(theirs), len(both), len(only_ours), len(only_theirs),
+            "; ".join(why[:3]).replace("|", "/")]
 
 
 def main() -> None:
@@ -100,7 +94,7 @@ def main() -> None:
         print(f"{builder}: {rows[-1][1:6]}", file=sys.stderr, flush=True)
     print(f"Traced groups vs Torch-Pruning {tp.__version__} at {args.input_size}×{args.input_size}; {machine()}\n")
     print(markdown_table(["model", "fmprune groups", "TP groups", "alike", "fmprune only", "TP only",
-                          "TP only: fmprune keeps them whole because", "trace s", "TP s"], rows))
+                          "TP only: fmprune keeps them whole because"], rows))
 
 
 if __name__ == "__main__":
