@@ -139,9 +139,9 @@ def test_test_flagged_only_keeps_the_flagged_test_images(tmp_path):
         datalib._digits = original
 
 
-@pytest.mark.parametrize("name,finetunes", [("compare-quick", 30), ("compare-cifar10", 90)])
+@pytest.mark.parametrize("name,finetunes", [("compare-quick", 48), ("compare-cifar10", 144)])
 def test_compare_configs_dry_run(tmp_path, name, finetunes):
-    """8 methods × 3 targets at equal widths + CDP/RGD × 3 native targets, times the seeds."""
+    """14 methods × 3 targets at equal widths + CDP/RGD × 3 native targets, times the seeds."""
     from .test_paper import absolute, dry_run
 
     cfg = absolute(yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
