@@ -246,6 +246,18 @@ def test_silhouette_matches_sklearn():
     assert got[-1] == -np.inf
 
 
+def test_silhouette_blocks_give_the_unblocked_scores(monkeypatch):
+    """Wide layers score their K sweep in blocks of labellings; any block size, same scores."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 2))
+    sets = np.stack([rng.integers(0, k, size=30) for k in range(2, 15)])
+    whole = F.silhouette_scores(x, sets)
+    monkeypatch.setattr(F, "SILHOUETTE_BLOCK_ELEMS", 30 * 14 * 4)  # 4 labellings per block
+    np.testing.assert_array_equal(F.silhouette_scores(x, sets), whole)
+    monkeypatch.setattr(F, "SILHOUETTE_BLOCK_ELEMS", 1)  # one labelling per block
+    np.testing.assert_array_equal(F.silhouette_scores(x, sets), whole)
+
+
 def test_kmeans_and_select_k_agree_with_sklearn():
     """Same embedding, our KMeans+silhouette vs sklearn KMeans(n_init=10)+silhouette_score."""
     rng = np.random.default_rng(7)

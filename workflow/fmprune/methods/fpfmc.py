@@ -172,6 +172,8 @@ KMEANS_MAX_ITER = 300
 
 IQR_FACTOR = 1.5
 
+SILHOUETTE_BLOCK_ELEMS = 1 << 22  # labellings per silhouette batch: [block, n, K] ≤ 32 MiB
+
 _MACHINE_EPSILON = np.finfo(np.float64).eps
 # sklearn's Cython constants are C floats: use their float32 values.
 _PERPLEXITY_TOL = float(np.float32(1e-5))
@@ -528,12 +530,21 @@ def silhouette_scores(x: np.ndarray, label_sets: np.ndarray) -> np.ndarray:
     """Mean silhouette (sklearn's definition) of each labelling in label_sets [S, n] of x [n, d].
 
     One distance matrix and one batched product give all per-cluster distance sums. A
-    labelling with fewer than 2 or more than n−1 distinct labels gets −inf."""
+    labelling with fewer than 2 or more than n−1 distinct labels gets −inf. Labellings are
+    taken in blocks so that the [block, n, K] arrays stay under ``SILHOUETTE_BLOCK_ELEMS``
+    (at C = 960 the whole K sweep at once would need ~2 GB per array)."""
     x = np.asarray(x, dtype=np.float64)
     lab = np.asarray(label_sets)
     s_count, n = lab.shape
     dist = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
-    kmax = int(lab.max()) + 1
+    kmax = int(lab.max()) + 1 if lab.size else 1
+    block = max(1, SILHOUETTE_BLOCK_ELEMS // (n * kmax or 1))
+    parts = [_silhouette_block(dist, lab[i : i + block], kmax) for i in range(0, s_count, block)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _silhouette_block(dist: np.ndarray, lab: np.ndarray, kmax: int) -> np.ndarray:
+    n = lab.shape[1]
     onehot = (lab[:, :, None] == np.arange(kmax)).astype(np.float64)  # [S, n, K]
     sums = np.matmul(dist, onehot)  # [S, n, K]
     counts = onehot.sum(axis=1)  # [S, K]
