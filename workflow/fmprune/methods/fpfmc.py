@@ -172,7 +172,7 @@ KMEANS_MAX_ITER = 300
 
 IQR_FACTOR = 1.5
 
-SILHOUETTE_BLOCK_ELEMS = 1 << 22  # labellings per silhouette batch: [block, n, K] ≤ 32 MiB
+SILHOUETTE_BLOCK_ELEMS = 1 << 22  # elements of a silhouette block's [block, n, K] arrays (32 MiB)
 
 _MACHINE_EPSILON = np.finfo(np.float64).eps
 # sklearn's Cython constants are C floats: use their float32 values.
@@ -537,10 +537,11 @@ def silhouette_scores(x: np.ndarray, label_sets: np.ndarray) -> np.ndarray:
     lab = np.asarray(label_sets)
     s_count, n = lab.shape
     dist = np.sqrt(np.maximum(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1), 0.0))
-    kmax = int(lab.max()) + 1 if lab.size else 1
-    block = max(1, SILHOUETTE_BLOCK_ELEMS // (n * kmax or 1))
-    parts = [_silhouette_block(dist, lab[i : i + block], kmax) for i in range(0, s_count, block)]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    kmax = int(lab.max()) + 1
+    block = max(1, SILHOUETTE_BLOCK_ELEMS // (n * kmax))
+    return np.concatenate(
+        [_silhouette_block(dist, lab[i : i + block], kmax) for i in range(0, s_count, block)]
+    )
 
 
 def _silhouette_block(dist: np.ndarray, lab: np.ndarray, kmax: int) -> np.ndarray:
